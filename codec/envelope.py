@@ -1,0 +1,508 @@
+"""The envelope: what crosses the wire for an update or a global model (format v1).
+
+A msgpack map with a format version, the message kind, job and sender ids, the model
+version, metadata and a list of tensors (name, shape, dtype, codec config, data bytes), with
+a CRC32 over the tensors' data. ``docs/wire-format.md`` specifies it byte for byte.
+
+Decoding trusts nothing: the payload size is checked before parsing, msgpack runs with
+length limits, then every field is checked for type and range, every declared shape against
+the byte length its codec implies, the checksum, and finally each tensor's content (finite
+scales, codes in range). Any violation raises an ``EnvelopeError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from codec.base import (
+    MAX_TENSOR_ELEMENTS,
+    Codec,
+    Float32Array,
+    element_count,
+    writable_float32_view,
+)
+from codec.errors import (
+    ChecksumError,
+    CodecError,
+    EnvelopeError,
+    InvalidTensorError,
+    LimitExceededError,
+    UnsupportedFormatError,
+)
+from codec.registry import get_codec
+
+FORMAT_VERSION = 1
+KIND_UPDATE = "update"
+KIND_MODEL = "model"
+DTYPES = ("float16", "float32", "float64")
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Job, sender and update ids: safe as MQTT topic levels (no ``/``, ``+``, ``#``)."""
+METRIC_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+_UPDATE_FIELDS = (
+    "format",
+    "kind",
+    "job",
+    "sender",
+    "base_version",
+    "update_id",
+    "num_samples",
+    "metrics",
+    "tensors",
+    "crc32",
+)
+_MODEL_FIELDS = ("format", "kind", "job", "sender", "version", "metrics", "tensors", "crc32")
+_TENSOR_FIELDS = ("name", "shape", "dtype", "codec", "data")
+_MAX_INT = 2**63 - 1
+_MAX_SAMPLES = 2**40
+_MASK64 = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds applied before anything is allocated; a violation raises LimitExceededError."""
+
+    max_payload_bytes: int = 256 * 2**20
+    max_tensors: int = 4096
+    max_total_elements: int = 2**28
+    max_dims: int = 8
+    max_name_length: int = 256
+    max_metrics: int = 64
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor as it travels: codec bytes plus what is needed to decode them."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    codec: Codec
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return element_count(self.shape)
+
+    def decode(self) -> npt.NDArray[np.floating[Any]]:
+        """A new array of the tensor's shape and dtype."""
+        out = np.empty(self.size, dtype=np.float32)
+        self.codec._decode_into(np.frombuffer(self.data, dtype=np.uint8), out, 1.0, False)
+        return out.astype(self.dtype, copy=False).reshape(self.shape)
+
+    def accumulate_into(self, out: Float32Array, weight: float = 1.0) -> None:
+        """``out += weight * decoded`` in one pass, into a caller-owned float32 buffer of the
+        tensor's shape: the coordinator's aggregation fast path (releases the GIL)."""
+        flat = writable_float32_view(out)
+        if tuple(out.shape) != self.shape:
+            raise InvalidTensorError(
+                f"tensor {self.name!r}: buffer shape {tuple(out.shape)} != {self.shape}"
+            )
+        self.codec._decode_into(np.frombuffer(self.data, dtype=np.uint8), flat, weight, True)
+
+
+@dataclass(frozen=True)
+class Update:
+    """An agent's model update (a delta from ``base_version``)."""
+
+    job_id: str
+    sender_id: str
+    base_version: int
+    update_id: str
+    num_samples: int
+    metrics: Mapping[str, float]
+    tensors: tuple[EncodedTensor, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(len(t.data) for t in self.tensors)
+
+    def arrays(self) -> dict[str, npt.NDArray[np.floating[Any]]]:
+        return {t.name: t.decode() for t in self.tensors}
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """The coordinator's model at ``version``."""
+
+    job_id: str
+    sender_id: str
+    version: int
+    metrics: Mapping[str, float]
+    tensors: tuple[EncodedTensor, ...]
+
+    def arrays(self) -> dict[str, npt.NDArray[np.floating[Any]]]:
+        return {t.name: t.decode() for t in self.tensors}
+
+
+# --- encoding ----------------------------------------------------------------------------
+
+
+def _tensor_seed(seed: int, index: int) -> int:
+    """Independent per-tensor seeds from one envelope seed (SplitMix64 stream)."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def encode_tensors(
+    tensors: Mapping[str, npt.ArrayLike] | Iterable[tuple[str, npt.ArrayLike]],
+    codec: Codec | Mapping[str, Any] | str = "fp32",
+    *,
+    overrides: Mapping[str, Codec | Mapping[str, Any] | str] | None = None,
+    seed: int | None = None,
+) -> list[EncodedTensor]:
+    """Encode named tensors with ``codec`` (``overrides`` by name), deterministically for a
+    given ``seed``. Raises InvalidTensorError naming the tensor."""
+    default = get_codec(codec)
+    chosen = {name: get_codec(c) for name, c in (overrides or {}).items()}
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    if seed is None:
+        seed = secrets.randbits(64)
+    encoded = []
+    for index, (name, array) in enumerate(items):
+        values = np.asarray(array)
+        if values.dtype.name not in DTYPES:
+            raise InvalidTensorError(
+                f"tensor {name!r}: dtype {values.dtype} is not one of {', '.join(DTYPES)}"
+            )
+        tensor_codec = chosen.get(name, default)
+        try:
+            data = tensor_codec.encode(values, seed=_tensor_seed(seed, index))
+        except CodecError as error:
+            raise InvalidTensorError(f"tensor {name!r}: {error}") from error
+        encoded.append(
+            EncodedTensor(
+                name, tuple(int(d) for d in values.shape), values.dtype.name, tensor_codec, data
+            )
+        )
+    return encoded
+
+
+def _as_encoded(
+    tensors: Sequence[EncodedTensor] | Mapping[str, npt.ArrayLike],
+    codec: Codec | Mapping[str, Any] | str,
+    seed: int | None,
+) -> list[EncodedTensor]:
+    if isinstance(tensors, Mapping):
+        return encode_tensors(tensors, codec, seed=seed)
+    return list(tensors)
+
+
+def _pack(header: dict[str, Any], tensors: list[EncodedTensor]) -> bytes:
+    checksum = 0
+    for tensor in tensors:
+        checksum = zlib.crc32(tensor.data, checksum)
+    message = {
+        **header,
+        "tensors": [
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "dtype": t.dtype,
+                "codec": t.codec.get_config(),
+                "data": t.data,
+            }
+            for t in tensors
+        ],
+        "crc32": checksum,
+    }
+    _parse_fields(message, tuple(message), _UNBOUNDED, check_content=False)
+    payload: bytes = msgpack.packb(message, use_bin_type=True)
+    return payload
+
+
+def encode_update(
+    tensors: Sequence[EncodedTensor] | Mapping[str, npt.ArrayLike],
+    *,
+    job_id: str,
+    sender_id: str,
+    base_version: int,
+    num_samples: int,
+    codec: Codec | Mapping[str, Any] | str = "fp32",
+    metrics: Mapping[str, float] | None = None,
+    update_id: str | None = None,
+    seed: int | None = None,
+) -> bytes:
+    """An update envelope: pre-encoded tensors, or arrays encoded here with ``codec``."""
+    header = {
+        "format": FORMAT_VERSION,
+        "kind": KIND_UPDATE,
+        "job": job_id,
+        "sender": sender_id,
+        "base_version": base_version,
+        "update_id": update_id if update_id is not None else uuid.uuid4().hex,
+        "num_samples": num_samples,
+        "metrics": dict(metrics or {}),
+    }
+    return _pack(header, _as_encoded(tensors, codec, seed))
+
+
+def encode_model(
+    tensors: Sequence[EncodedTensor] | Mapping[str, npt.ArrayLike],
+    *,
+    job_id: str,
+    sender_id: str,
+    version: int,
+    codec: Codec | Mapping[str, Any] | str = "fp32",
+    metrics: Mapping[str, float] | None = None,
+    seed: int | None = None,
+) -> bytes:
+    """A global-model envelope (fp32, lossless, unless told otherwise)."""
+    header = {
+        "format": FORMAT_VERSION,
+        "kind": KIND_MODEL,
+        "job": job_id,
+        "sender": sender_id,
+        "version": version,
+        "metrics": dict(metrics or {}),
+    }
+    return _pack(header, _as_encoded(tensors, codec, seed))
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+_UNBOUNDED = DecodeLimits(
+    max_payload_bytes=2**62,
+    max_tensors=2**31,
+    max_total_elements=2**62,
+    max_dims=64,
+    max_name_length=2**16,
+    max_metrics=2**16,
+)
+
+
+def _unpack(payload: bytes, limits: DecodeLimits) -> Any:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise EnvelopeError("payload", f"expected bytes, got {type(payload).__name__}")
+    size = memoryview(payload).nbytes
+    if size > limits.max_payload_bytes:
+        raise LimitExceededError(
+            "payload", f"{size} bytes exceed the limit of {limits.max_payload_bytes}"
+        )
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=size,
+            max_str_len=max(limits.max_name_length, 1024),
+            max_array_len=max(limits.max_tensors, limits.max_dims, 16),
+            max_map_len=max(limits.max_metrics, 16),
+            max_ext_len=0,
+        )
+    except Exception as error:  # msgpack raises several unrelated types: convert them all
+        raise EnvelopeError("payload", f"not a valid msgpack message ({error})") from error
+
+
+def _require_int(name: str, value: Any, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EnvelopeError(name, f"expected an integer, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise EnvelopeError(name, f"{value} is outside [{minimum}, {maximum}]")
+    return value
+
+
+def _require_identifier(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
+        raise EnvelopeError(
+            name,
+            f"{value!r} is not an identifier (1-128 of A-Z a-z 0-9 _ . -, no leading punctuation)",
+        )
+    return value
+
+
+def _require_fields(name: str, message: Any, expected: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise EnvelopeError(name, f"expected a map, got {type(message).__name__}")
+    unknown = [k for k in message if k not in expected]
+    if unknown:
+        raise EnvelopeError(
+            f"{name}.{unknown[0]}" if name != "envelope" else unknown[0], "unknown field"
+        )
+    missing = [k for k in expected if k not in message]
+    if missing:
+        raise EnvelopeError(
+            f"{name}.{missing[0]}" if name != "envelope" else missing[0], "missing field"
+        )
+    return message
+
+
+def _parse_metrics(value: Any, limits: DecodeLimits) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise EnvelopeError("metrics", f"expected a map, got {type(value).__name__}")
+    if len(value) > limits.max_metrics:
+        raise LimitExceededError(
+            "metrics", f"{len(value)} entries exceed the limit of {limits.max_metrics}"
+        )
+    metrics = {}
+    for key, number in value.items():
+        if not METRIC_NAME.fullmatch(key):
+            raise EnvelopeError(f"metrics.{key!r}", "metric names are 1-64 of A-Z a-z 0-9 _.:/-")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise EnvelopeError(f"metrics.{key}", f"expected a number, got {number!r}")
+        if not math.isfinite(number):
+            raise EnvelopeError(f"metrics.{key}", f"{number} is not finite")
+        metrics[key] = float(number)
+    return metrics
+
+
+def _parse_tensor(
+    index: int, message: Any, limits: DecodeLimits, total: int
+) -> tuple[EncodedTensor, int]:
+    where = f"tensors[{index}]"
+    message = _require_fields(where, message, _TENSOR_FIELDS)
+    name = message["name"]
+    if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_length:
+        raise EnvelopeError(
+            f"{where}.name", f"expected a string of 1-{limits.max_name_length} characters"
+        )
+    if not name.isprintable():
+        raise EnvelopeError(f"{where}.name", f"{name!r} holds control characters")
+    shape = message["shape"]
+    if not isinstance(shape, list):
+        raise EnvelopeError(f"{where}.shape", f"expected a list, got {type(shape).__name__}")
+    if len(shape) > limits.max_dims:
+        raise LimitExceededError(
+            f"{where}.shape", f"{len(shape)} dimensions exceed the limit of {limits.max_dims}"
+        )
+    dims = tuple(
+        _require_int(f"{where}.shape[{d}]", extent, 0, MAX_TENSOR_ELEMENTS)
+        for d, extent in enumerate(shape)
+    )
+    size = element_count(dims)
+    if size > MAX_TENSOR_ELEMENTS:
+        raise LimitExceededError(
+            f"{where}.shape", f"{size} elements exceed the codec's {MAX_TENSOR_ELEMENTS}"
+        )
+    total += size
+    if total > limits.max_total_elements:
+        raise LimitExceededError(
+            f"{where}.shape",
+            f"{total} elements in all exceed the limit of {limits.max_total_elements}",
+        )
+    dtype = message["dtype"]
+    if dtype not in DTYPES:
+        raise EnvelopeError(f"{where}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    try:
+        codec = get_codec(message["codec"])
+    except CodecError as error:
+        raise EnvelopeError(f"{where}.codec", str(error)) from error
+    data = message["data"]
+    if not isinstance(data, bytes):
+        raise EnvelopeError(f"{where}.data", f"expected bytes, got {type(data).__name__}")
+    expected = codec.encoded_size(size)
+    if expected is not None and len(data) != expected:
+        raise EnvelopeError(
+            f"{where}.data",
+            f"{len(data)} bytes, but {codec.codec_id} needs {expected} for shape {list(dims)}",
+        )
+    if expected is None and len(data) > codec.max_encoded_size(size):
+        raise EnvelopeError(
+            f"{where}.data",
+            f"{len(data)} bytes exceed the {codec.max_encoded_size(size)} that "
+            f"{codec.codec_id} can produce for shape {list(dims)}",
+        )
+    return EncodedTensor(name, dims, dtype, codec, data), total
+
+
+def _parse_fields(
+    message: Any, expected: Sequence[str], limits: DecodeLimits, *, check_content: bool
+) -> tuple[dict[str, Any], tuple[EncodedTensor, ...]]:
+    message = _require_fields("envelope", message, expected)
+    for key in ("job", "sender"):
+        _require_identifier(key, message[key])
+    if "base_version" in message:
+        _require_int("base_version", message["base_version"], 0, _MAX_INT)
+        _require_identifier("update_id", message["update_id"])
+        _require_int("num_samples", message["num_samples"], 1, _MAX_SAMPLES)
+    else:
+        _require_int("version", message["version"], 0, _MAX_INT)
+    message["metrics"] = _parse_metrics(message["metrics"], limits)
+    raw_tensors = message["tensors"]
+    if not isinstance(raw_tensors, list):
+        raise EnvelopeError("tensors", f"expected a list, got {type(raw_tensors).__name__}")
+    if len(raw_tensors) > limits.max_tensors:
+        raise LimitExceededError(
+            "tensors", f"{len(raw_tensors)} tensors exceed the limit of {limits.max_tensors}"
+        )
+    tensors = []
+    names = set()
+    total = 0
+    for index, raw in enumerate(raw_tensors):
+        tensor, total = _parse_tensor(index, raw, limits, total)
+        if tensor.name in names:
+            raise EnvelopeError(f"tensors[{index}].name", f"duplicate name {tensor.name!r}")
+        names.add(tensor.name)
+        tensors.append(tensor)
+    checksum = _require_int("crc32", message["crc32"], 0, 2**32 - 1)
+    actual = 0
+    for tensor in tensors:
+        actual = zlib.crc32(tensor.data, actual)
+    if actual != checksum:
+        raise ChecksumError("crc32", f"data checksum {actual:#010x} != declared {checksum:#010x}")
+    if check_content:
+        for index, tensor in enumerate(tensors):
+            try:
+                tensor.codec.validate(tensor.data, tensor.size)
+            except CodecError as error:
+                raise EnvelopeError(
+                    f"tensors[{index}].data", f"{tensor.name!r}: {error}"
+                ) from error
+    return message, tuple(tensors)
+
+
+def _parse_envelope(
+    payload: bytes, kind: str, limits: DecodeLimits
+) -> tuple[dict[str, Any], tuple[EncodedTensor, ...]]:
+    message = _unpack(payload, limits)
+    if not isinstance(message, dict):
+        raise EnvelopeError("envelope", f"expected a map, got {type(message).__name__}")
+    version = message.get("format")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            "format", f"version {version!r} is not supported (this decoder reads {FORMAT_VERSION})"
+        )
+    if message.get("kind") != kind:
+        raise EnvelopeError("kind", f"expected {kind!r}, got {message.get('kind')!r}")
+    expected = _UPDATE_FIELDS if kind == KIND_UPDATE else _MODEL_FIELDS
+    return _parse_fields(message, expected, limits, check_content=True)
+
+
+def decode_update(payload: bytes, *, limits: DecodeLimits = DecodeLimits()) -> Update:
+    """Validate and decode an update envelope (tensor data stays encoded until used)."""
+    fields, tensors = _parse_envelope(payload, KIND_UPDATE, limits)
+    return Update(
+        job_id=fields["job"],
+        sender_id=fields["sender"],
+        base_version=fields["base_version"],
+        update_id=fields["update_id"],
+        num_samples=fields["num_samples"],
+        metrics=fields["metrics"],
+        tensors=tensors,
+    )
+
+
+def decode_model(payload: bytes, *, limits: DecodeLimits = DecodeLimits()) -> GlobalModel:
+    """Validate and decode a global-model envelope."""
+    fields, tensors = _parse_envelope(payload, KIND_MODEL, limits)
+    return GlobalModel(
+        job_id=fields["job"],
+        sender_id=fields["sender"],
+        version=fields["version"],
+        metrics=fields["metrics"],
+        tensors=tensors,
+    )
