@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from codec import backend
-from codec.base import Codec, Float32Array, check_padding, check_scales
+from codec.base import Codec, Float32Array, check_padding, check_scales, refuse_large_scales
 from codec.errors import CorruptDataError
 
 
@@ -32,10 +32,7 @@ class BucketedQuantizer(Codec):
         return 4 * self.bucket_count(size) + (size * self.bits + 7) // 8
 
     def _encode(self, values: Float32Array, key: int) -> bytes | None:
-        size = values.shape[0]
-        scales = np.zeros(self.bucket_count(size), dtype=np.float32)
-        codes = np.zeros((size * self.bits + 7) // 8, dtype=np.uint8)
-        finite = backend.kernels.quantize(
+        encoded: bytes | None = backend.kernels.quantize(
             values,
             self.bucket_size,
             self.levels,
@@ -43,12 +40,11 @@ class BucketedQuantizer(Codec):
             self.scale_mode,
             self.stochastic,
             key,
-            scales,
-            codes,
         )
-        if not finite:
-            return None
-        return scales.astype("<f4", copy=False).tobytes() + codes.tobytes()
+        if encoded is not None:
+            cut = 4 * self.bucket_count(values.shape[0])
+            refuse_large_scales(self.codec_id, np.frombuffer(encoded, "<f4", cut // 4))
+        return encoded
 
     def _split(
         self, data: npt.NDArray[np.uint8], size: int

@@ -10,7 +10,8 @@ Callers (the scheme modules) validate sizes first; the checks here only keep mem
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -56,19 +57,19 @@ cdef inline int code_at(const uint8_t[::1] codes, Py_ssize_t i, int bits) noexce
 
 
 def quantize(const float[::1] x, Py_ssize_t bucket, int levels, int bits, int scale_mode,
-             bint stochastic, uint64_t key, float[::1] scales, uint8_t[::1] codes):
-    """Bucketed symmetric quantization into zero-initialised ``scales`` and ``codes``.
-
-    Returns False (and leaves the outputs unspecified) if ``x`` holds NaN or Inf.
-    """
+             bint stochastic, uint64_t key):
+    """Bucketed symmetric quantization, straight into the encoded bytes: the bucket scales
+    (float32, little-endian) then the packed codes. None if ``x`` holds NaN or Inf."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t nbuckets = (n + bucket - 1) // bucket if bucket > 0 else 0
     if bucket <= 0 or bits not in (2, 4, 8) or levels < 1 or levels > (1 << (bits - 1)) - 1:
         raise ValueError("invalid quantizer parameters")
-    if scales.shape[0] != nbuckets or codes.shape[0] != packed_length(n, bits):
-        raise ValueError("output buffers have the wrong size")
+    cdef Py_ssize_t nbuckets = (n + bucket - 1) // bucket
+    cdef Py_ssize_t ncodes = packed_length(n, bits)
+    encoded = PyBytes_FromStringAndSize(NULL, 4 * nbuckets + ncodes)
+    cdef uint8_t* buffer = <uint8_t*>PyBytes_AS_STRING(encoded)
+    cdef uint8_t* codes = buffer + 4 * nbuckets
     if n == 0:
-        return True
+        return encoded
     scratch = np.empty(min(bucket, n), dtype=np.float32)
     cdef float[::1] y = scratch
     cdef Py_ssize_t b, i, start, end
@@ -77,10 +78,10 @@ def quantize(const float[::1] x, Py_ssize_t bucket, int levels, int bits, int sc
     cdef double acc
     cdef int bad = 0
     with nogil:
+        memset(codes, 0, ncodes)
         for b in range(nbuckets):
             start = b * bucket
             end = start + bucket if start + bucket < n else n
-            scale = 0.0
             if scale_mode == _MAX_ABS:
                 scale_bits = fedmq_max_abs_bits(&x[start], end - start)
                 bad = scale_bits >= 0x7f800000
@@ -94,11 +95,11 @@ def quantize(const float[::1] x, Py_ssize_t bucket, int levels, int bits, int sc
                 scale = <float>sqrt(acc)
             if bad:
                 break
-            scales[b] = scale
+            memcpy(buffer + 4 * b, &scale, 4)
             if scale != 0.0:
                 fedmq_quantize_run(&x[start], &y[0], start, end - start, scale, levels, bits,
-                                   stochastic, key, &codes[0])
-    return not bad
+                                   stochastic, key, codes)
+    return None if bad else encoded
 
 
 def dequantize(const float[::1] scales, const uint8_t[::1] codes, Py_ssize_t bucket,
@@ -135,33 +136,50 @@ def dequantize(const float[::1] scales, const uint8_t[::1] codes, Py_ssize_t buc
 
 
 def max_abs_code(const uint8_t[::1] codes, Py_ssize_t n, int bits):
-    """Largest |code| among the first ``n`` codes (validation of untrusted data)."""
+    """Largest |code| among the packed codes (validation of untrusted data). Unused padding
+    fields must be zero (checked by the caller), so they never raise the maximum."""
     if bits not in (2, 4, 8) or codes.shape[0] != packed_length(n, bits):
         raise ValueError("invalid code buffer")
+    cdef uint8_t table[256]
+    cdef int byte, slot, field, largest = 0
+    cdef int mask = (1 << bits) - 1, sign = 1 << (bits - 1)
+    for byte in range(256):
+        table[byte] = 0
+        for slot in range(0, 8, bits):
+            field = (((byte >> slot) & mask) ^ sign) - sign
+            field = -field if field < 0 else field
+            table[byte] = field if field > table[byte] else table[byte]
     cdef Py_ssize_t i
-    cdef int q, largest = 0
+    cdef int value
     with nogil:
-        for i in range(n):
-            q = code_at(codes, i, bits)
-            q = -q if q < 0 else q
-            largest = q if q > largest else largest
+        if bits == 8:  # vectorises: max |int8|
+            for i in range(codes.shape[0]):
+                value = <signed char>codes[i]
+                value = -value if value < 0 else value
+                largest = value if value > largest else largest
+        else:
+            for i in range(codes.shape[0]):
+                largest = table[codes[i]] if table[codes[i]] > largest else largest
     return largest
 
 
-def quantize_sign(const float[::1] x, Py_ssize_t bucket, float[::1] scales,
-                  uint8_t[::1] signs):
-    """Scaled sign: mean |x| per bucket, one bit per element (1 = negative)."""
+def quantize_sign(const float[::1] x, Py_ssize_t bucket):
+    """Scaled sign, straight into the encoded bytes: float32 mean |x| per bucket, then one
+    bit per element (1 = negative). None if ``x`` holds NaN or Inf."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t nbuckets = (n + bucket - 1) // bucket if bucket > 0 else 0
     if bucket <= 0:
         raise ValueError("invalid bucket size")
-    if scales.shape[0] != nbuckets or signs.shape[0] != packed_length(n, 1):
-        raise ValueError("output buffers have the wrong size")
+    cdef Py_ssize_t nbuckets = (n + bucket - 1) // bucket
+    cdef Py_ssize_t nsigns = packed_length(n, 1)
+    encoded = PyBytes_FromStringAndSize(NULL, 4 * nbuckets + nsigns)
+    cdef uint8_t* buffer = <uint8_t*>PyBytes_AS_STRING(encoded)
+    cdef uint8_t* signs = buffer + 4 * nbuckets
     cdef Py_ssize_t b, i, start, end
-    cdef float a
+    cdef float a, scale
     cdef double acc
     cdef int bad = 0
     with nogil:
+        memset(signs, 0, nsigns)
         for b in range(nbuckets):
             start = b * bucket
             end = start + bucket if start + bucket < n else n
@@ -172,11 +190,12 @@ def quantize_sign(const float[::1] x, Py_ssize_t bucket, float[::1] scales,
                 acc = acc + <double>a
             if bad:
                 break
-            scales[b] = <float>(acc / <double>(end - start))
+            scale = <float>(acc / <double>(end - start))
+            memcpy(buffer + 4 * b, &scale, 4)
             for i in range(start, end):
                 if x[i] < 0.0:
                     signs[i >> 3] |= <uint8_t>(1 << (i & 7))
-    return not bad
+    return None if bad else encoded
 
 
 def dequantize_sign(const float[::1] scales, const uint8_t[::1] signs, Py_ssize_t bucket,

@@ -110,15 +110,12 @@ def quantize(
     scale_mode: int,
     stochastic: bool,
     key: int,
-    scales: F32,
-    codes: U8,
-) -> bool:
+) -> bytes | None:
     n = x.shape[0]
     _check_params(bucket, bits, levels)
-    if scales.shape[0] != -(-n // bucket) or codes.shape[0] != _packed_length(n, bits):
-        raise ValueError("output buffers have the wrong size")
     if not np.isfinite(x).all():
-        return False
+        return None
+    scales = np.zeros(-(-n // bucket), dtype=np.float32)
     flevels = np.float32(levels)
     q_all = np.zeros(n, dtype=np.int32)
     for start in _chunks(n, bucket):
@@ -128,12 +125,15 @@ def quantize(
             scale = np.abs(rows).max(axis=1)
         else:
             wide = np.abs(rows).astype(np.float64)
-            scale = np.sqrt(np.cumsum(wide * wide, axis=1)[:, -1]).astype(np.float32)
+            with np.errstate(over="ignore"):  # an Inf norm is refused by the caller
+                scale = np.sqrt(np.cumsum(wide * wide, axis=1)[:, -1]).astype(np.float32)
         scales[start // bucket : start // bucket + rows.shape[0]] = scale
         safe = np.where(scale == 0, np.float32(1), scale)[:, None]
-        inverse = flevels / safe
-        # levels / scale overflows for a subnormal scale: divide, exactly, instead.
-        y = np.where(inverse <= _FLT_MAX, rows * inverse, (rows / safe) * flevels)
+        # levels / scale overflows for a subnormal scale: divide, exactly, instead (both
+        # branches are computed, so silence the overflow of the one np.where discards).
+        with np.errstate(over="ignore", invalid="ignore"):
+            inverse = flevels / safe
+            y = np.where(inverse <= _FLT_MAX, rows * inverse, (rows / safe) * flevels)
         y = y.reshape(-1)[: stop - start]
         if stochastic:
             floor = np.floor(y)
@@ -143,8 +143,7 @@ def quantize(
         q = np.clip(q, -levels, levels)
         q[np.repeat(scale == 0, bucket)[: stop - start]] = 0
         q_all[start:stop] = q
-    codes[:] = _pack(q_all, bits)
-    return True
+    return scales.astype("<f4").tobytes() + _pack(q_all, bits).tobytes()
 
 
 def dequantize(
@@ -168,7 +167,8 @@ def dequantize(
         stop = min(start + chunk, n)
         q = _unpack(codes[start * bits // 8 : _packed_length(stop, bits)], stop - start, bits)
         steps = np.repeat(step_all[start // bucket : -(-stop // bucket)], bucket)[: stop - start]
-        values = steps * q.astype(np.float32)
+        with np.errstate(over="ignore"):  # as the C kernel: a huge weight gives Inf, no warning
+            values = steps * q.astype(np.float32)
         if accumulate:
             out[start:stop] += values
         else:
@@ -183,23 +183,20 @@ def max_abs_code(codes: U8, n: int, bits: int) -> int:
     return int(np.abs(_unpack(codes, n, bits)).max())
 
 
-def quantize_sign(x: F32, bucket: int, scales: F32, signs: U8) -> bool:
+def quantize_sign(x: F32, bucket: int) -> bytes | None:
     n = x.shape[0]
     if bucket <= 0:
         raise ValueError("invalid bucket size")
-    if scales.shape[0] != -(-n // bucket) or signs.shape[0] != _packed_length(n, 1):
-        raise ValueError("output buffers have the wrong size")
     if not np.isfinite(x).all():
-        return False
+        return None
     if n == 0:
-        return True
+        return b""
     rows = _padded_rows(x, bucket).astype(np.float64)
     sums = np.cumsum(np.abs(rows), axis=1)[:, -1]
     counts = np.full(rows.shape[0], bucket, dtype=np.float64)
     counts[-1] = n - (rows.shape[0] - 1) * bucket
-    scales[:] = (sums / counts).astype(np.float32)
-    signs[:] = np.packbits(x < 0, bitorder="little")
-    return True
+    scales = (sums / counts).astype("<f4")
+    return scales.tobytes() + np.packbits(x < 0, bitorder="little").tobytes()
 
 
 def dequantize_sign(

@@ -69,46 +69,75 @@ static inline int fedmq_clamp(int q, int levels) {
     return q < -levels ? -levels : q;
 }
 
-/* Quantize one bucket whose scale is known and non-zero. y is scratch of `count` floats,
- * codes the whole tensor's zero-initialised packed codes, start the bucket's first index. */
+/* The code of one scaled value y = x / scale * levels: stochastic rounding draws element
+ * `index`'s uniform u and rounds up when u < y - floor(y); nearest rounds half to even. */
+static inline int fedmq_code(float y, int levels, int stochastic, uint64_t key,
+                             uint32_t index) {
+    int q;
+    if (stochastic) {
+        int t = (int)y;
+        int f = t - (y < (float)t); /* floor without libm */
+        q = f + (fedmq_uniform(key, index) < y - (float)f);
+    } else {
+        q = (int)fedmq_round_even(y);
+    }
+    return fedmq_clamp(q, levels);
+}
+
+/* Quantize one bucket whose scale is known and non-zero, in one pass per element (the
+ * 8-bit loops vectorise). y is scratch of `count` floats, codes the whole tensor's
+ * zero-initialised packed codes, start the bucket's first element. */
 FEDMQ_CLONES
 static void fedmq_quantize_run(const float *x, float *y, int64_t start, int64_t count,
                                float scale, int levels, int bits, int stochastic,
                                uint64_t key, uint8_t *codes) {
     const float flevels = (float)levels;
-    const float inverse = flevels / scale;
-    if (inverse <= FLT_MAX) {
-        for (int64_t j = 0; j < count; j++) y[j] = x[j] * inverse;
-    } else {
-        /* levels / scale overflows for a subnormal scale: divide, exactly, instead */
+    const float *source = x;
+    float factor = flevels / scale;
+    if (!(factor <= FLT_MAX)) {
+        /* levels / scale overflows for a subnormal scale: divide, exactly, instead;
+         * multiplying by 1 below is exact, so both paths share the rounding loops. */
         for (int64_t j = 0; j < count; j++) y[j] = (x[j] / scale) * flevels;
+        source = y;
+        factor = 1.0f;
     }
-    if (stochastic) {
-        const uint32_t first = (uint32_t)start; /* indices are 32-bit, see fedmq_uniform */
-        const int32_t n32 = (int32_t)count;
-        for (int32_t j = 0; j < n32; j++) {
-            int32_t t = (int32_t)y[j];
-            int32_t f = t - (y[j] < (float)t); /* floor without libm */
-            float p = y[j] - (float)f;
-            y[j] = (float)(f + (fedmq_uniform(key, first + (uint32_t)j) < p));
-        }
+    const uint32_t first = (uint32_t)start; /* indices are 32-bit, see fedmq_uniform */
+    const int32_t n = (int32_t)count;
+    if (bits == 8 && stochastic) {
+        for (int32_t j = 0; j < n; j++)
+            codes[start + j] =
+                (uint8_t)(int8_t)fedmq_code(source[j] * factor, levels, 1, key, first + j);
+    } else if (bits == 8) {
+        for (int32_t j = 0; j < n; j++)
+            codes[start + j] =
+                (uint8_t)(int8_t)fedmq_code(source[j] * factor, levels, 0, key, first + j);
     } else {
-        for (int64_t j = 0; j < count; j++) y[j] = fedmq_round_even(y[j]);
-    }
-    if (bits == 8) {
-        for (int64_t j = 0; j < count; j++)
-            codes[start + j] = (uint8_t)(int8_t)fedmq_clamp((int)y[j], levels);
-    } else if (bits == 4) {
-        for (int64_t j = 0; j < count; j++) {
-            int64_t i = start + j;
-            int q = fedmq_clamp((int)y[j], levels);
-            codes[i >> 1] |= (uint8_t)((q & 0xF) << ((i & 1) << 2));
+        /* 4 and 2 bits: codes into scratch first (vectorises), then pack whole bytes where
+         * the bucket is byte-aligned, field by field at the unaligned edges. */
+        const int per_byte = 8 / bits;
+        const uint32_t mask = (1u << bits) - 1u;
+        for (int32_t j = 0; j < n; j++)
+            y[j] = (float)fedmq_code(source[j] * factor, levels, stochastic, key, first + j);
+        int32_t j = 0;
+        for (; j < n && ((first + (uint32_t)j) % (uint32_t)per_byte) != 0; j++) {
+            uint32_t i = first + (uint32_t)j;
+            codes[i / per_byte] |= (uint8_t)(((uint32_t)(int)y[j] & mask) << ((i % per_byte) * bits));
         }
-    } else {
-        for (int64_t j = 0; j < count; j++) {
-            int64_t i = start + j;
-            int q = fedmq_clamp((int)y[j], levels);
-            codes[i >> 2] |= (uint8_t)((q & 0x3) << ((i & 3) << 1));
+        uint8_t *out = codes + (first + (uint32_t)j) / per_byte;
+        if (bits == 4) {
+            for (; j + 2 <= n; j += 2, out++)
+                *out = (uint8_t)(((uint32_t)(int)y[j] & 0xFu) |
+                                 (((uint32_t)(int)y[j + 1] & 0xFu) << 4));
+        } else {
+            for (; j + 4 <= n; j += 4, out++)
+                *out = (uint8_t)(((uint32_t)(int)y[j] & 0x3u) |
+                                 (((uint32_t)(int)y[j + 1] & 0x3u) << 2) |
+                                 (((uint32_t)(int)y[j + 2] & 0x3u) << 4) |
+                                 (((uint32_t)(int)y[j + 3] & 0x3u) << 6));
+        }
+        for (; j < n; j++) {
+            uint32_t i = first + (uint32_t)j;
+            codes[i / per_byte] |= (uint8_t)(((uint32_t)(int)y[j] & mask) << ((i % per_byte) * bits));
         }
     }
 }

@@ -27,6 +27,10 @@ MAX_TENSOR_ELEMENTS = 2**32 - 1
 
 _MASK64 = 2**64 - 1
 
+MAX_SCALE = 2.0**64
+"""Largest bucket scale a quantizer encodes or accepts. Keeps every decoded value (and its
+weighted sum) far from float32 overflow; a model update this large has diverged anyway."""
+
 
 def tensor_key(seed: int) -> int:
     """The 64-bit generator key of a tensor encoded with ``seed``."""
@@ -182,9 +186,22 @@ def writable_float32_view(out: np.ndarray) -> Float32Array:
 
 
 def check_scales(codec_id: str, scales: Float32Array) -> None:
-    """Scales decoded from untrusted bytes must be finite and non-negative."""
-    if not (np.isfinite(scales).all() and (scales >= 0).all()):
-        raise CorruptDataError(f"codec {codec_id!r}: a bucket scale is negative or not finite")
+    """Scales decoded from untrusted bytes must be finite, non-negative and in range."""
+    if not ((scales >= 0) & (scales <= MAX_SCALE)).all():  # NaN fails both comparisons
+        raise CorruptDataError(
+            f"codec {codec_id!r}: a bucket scale is negative, not finite or above {MAX_SCALE:g}"
+        )
+
+
+def refuse_large_scales(codec_id: str, scales: Float32Array) -> None:
+    """Encoder side of MAX_SCALE: refuse, naming the bucket, rather than emit garbage."""
+    too_large = np.flatnonzero(~(scales <= MAX_SCALE))
+    if too_large.size:
+        bucket = int(too_large[0])
+        raise InvalidTensorError(
+            f"codec {codec_id!r}: bucket {bucket} has scale {float(scales[bucket]):g}, beyond "
+            f"the quantizer's range of {MAX_SCALE:g}; encode such a tensor with fp32"
+        )
 
 
 def check_padding(codec_id: str, packed: npt.NDArray[np.uint8], size: int, bits: int) -> None:

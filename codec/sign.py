@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from codec import _params, backend
-from codec.base import Codec, Float32Array, check_padding, check_scales
+from codec.base import Codec, Float32Array, check_padding, check_scales, refuse_large_scales
 
 
 class ScaledSignCodec(Codec):
@@ -41,12 +41,11 @@ class ScaledSignCodec(Codec):
         return 4 * self.bucket_count(size) + (size + 7) // 8
 
     def _encode(self, values: Float32Array, key: int) -> bytes | None:
-        size = values.shape[0]
-        scales = np.zeros(self.bucket_count(size), dtype=np.float32)
-        signs = np.zeros((size + 7) // 8, dtype=np.uint8)
-        if not backend.kernels.quantize_sign(values, self.bucket_size, scales, signs):
-            return None
-        return scales.astype("<f4", copy=False).tobytes() + signs.tobytes()
+        encoded: bytes | None = backend.kernels.quantize_sign(values, self.bucket_size)
+        if encoded is not None:
+            scales = np.frombuffer(encoded, "<f4", self.bucket_count(values.shape[0]))
+            refuse_large_scales(self.codec_id, scales)
+        return encoded
 
     def _split(
         self, data: npt.NDArray[np.uint8], size: int
