@@ -70,7 +70,7 @@ def test_backend_is_reported():
 )
 def test_varint_parsers_agree_on_malformed_index_data(both_backends, data):
     results = []
-    for name, kernels in both_backends.items():
+    for kernels in both_backends.values():
         out = np.zeros(2, dtype=np.int64)
         problem = kernels.decode_varints(np.frombuffer(data, np.uint8), out, 5)
         results.append((problem is None, out.tolist() if problem is None else None))
