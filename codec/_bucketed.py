@@ -2,7 +2,8 @@
 
 Bytes: ``ceil(n / bucket)`` float32 scales (little-endian), then the ``n`` signed codes packed
 ``bits`` wide, element 0 in the lowest bits of byte 0, two's complement. An element decodes
-to ``code * scale / levels``.
+to ``code * (scale / levels)`` (float32; for scales below ~1e-36 the step is subnormal and
+loses precision, irrelevant for model updates).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from codec import backend
-from codec.base import Codec, Float32Array, check_padding, check_scales, refuse_large_scales
+from codec.base import (
+    Codec,
+    Float32Array,
+    check_padding,
+    check_scales,
+    refuse_large_scales,
+    zero_scale_codes_are_zero,
+)
 from codec.errors import CorruptDataError
 
 
@@ -56,6 +64,8 @@ class BucketedQuantizer(Codec):
         scales, codes = self._split(data, size)
         check_scales(self.codec_id, scales)
         check_padding(self.codec_id, codes, size, self.bits)
+        if not zero_scale_codes_are_zero(codes, scales, size, self.bucket_size, self.bits):
+            raise CorruptDataError(f"codec {self.codec_id!r}: non-zero codes in a zero bucket")
         largest = backend.kernels.max_abs_code(codes, size, self.bits)
         if largest > self.levels:
             raise CorruptDataError(

@@ -186,11 +186,26 @@ def writable_float32_view(out: np.ndarray) -> Float32Array:
 
 
 def check_scales(codec_id: str, scales: Float32Array) -> None:
-    """Scales decoded from untrusted bytes must be finite, non-negative and in range."""
-    if not ((scales >= 0) & (scales <= MAX_SCALE)).all():  # NaN fails both comparisons
+    """Scales decoded from untrusted bytes must be in [+0, MAX_SCALE] (no -0.0, no NaN)."""
+    if not (((scales >= 0) & (scales <= MAX_SCALE)) & ~np.signbit(scales)).all():
         raise CorruptDataError(
             f"codec {codec_id!r}: a bucket scale is negative, not finite or above {MAX_SCALE:g}"
         )
+
+
+def zero_scale_codes_are_zero(
+    codes: npt.NDArray[np.uint8], scales: Float32Array, size: int, bucket: int, bits: int
+) -> bool:
+    """Whether every bucket whose scale is 0 has all-zero codes, as the encoder writes them
+    (so each tensor has exactly one valid encoding). Free when no bucket is zero."""
+    zero = scales == 0
+    if not zero.any():
+        return True
+    in_zero_bucket = np.repeat(zero, bucket)[:size]
+    if bits == 8:
+        return not codes[in_zero_bucket].any()
+    fields = np.unpackbits(codes, bitorder="little")[: size * bits].reshape(size, bits)
+    return not fields[in_zero_bucket].any()
 
 
 def refuse_large_scales(codec_id: str, scales: Float32Array) -> None:

@@ -1,13 +1,17 @@
 """The envelope: what crosses the wire for an update or a global model (format v1).
 
 A msgpack map with a format version, the message kind, job and sender ids, the model
-version, metadata and a list of tensors (name, shape, dtype, codec config, data bytes), with
-a CRC32 over the tensors' data. ``docs/wire-format.md`` specifies it byte for byte.
+version, metadata and a list of tensors (name, shape, dtype, codec config, data bytes). Its
+last entry is ``"crc32"``: a CRC-32 of every payload byte before that entry, so metadata and
+data are both covered and corruption is caught before parsing. ``docs/wire-format.md``
+specifies it byte for byte.
 
-Decoding trusts nothing: the payload size is checked before parsing, msgpack runs with
-length limits, then every field is checked for type and range, every declared shape against
-the byte length its codec implies, the checksum, and finally each tensor's content (finite
-scales, codes in range). Any violation raises an ``EnvelopeError`` naming the field.
+Decoding trusts nothing: the payload size and checksum are checked before parsing, msgpack
+runs with length limits and refuses duplicate keys, then every field is checked for type and
+range, every codec config must be complete and canonical, every declared shape must match
+the byte length its codec implies, and finally each tensor's content is checked (scales in
+range, codes in range, one valid encoding). Any violation raises an ``EnvelopeError`` (or a
+subclass) naming the field.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ DTYPES = ("float16", "float32", "float64")
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """Job, sender and update ids: safe as MQTT topic levels (no ``/``, ``+``, ``#``)."""
 METRIC_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+TENSOR_NAME = re.compile(r"[\x20-\x7e]+")
+"""Printable ASCII: Keras names like ``dense/kernel:0`` fit, and every language agrees."""
+CRC_TRAILER = b"\xa5crc32\xce"
+"""The last entry's key (fixstr "crc32") and the uint32 marker; its 4 bytes follow."""
 
 _UPDATE_FIELDS = (
     "format",
@@ -95,11 +103,12 @@ class EncodedTensor:
     def size(self) -> int:
         return element_count(self.shape)
 
-    def decode(self) -> npt.NDArray[np.floating[Any]]:
-        """A new array of the tensor's shape and dtype."""
+    def decode(self) -> Float32Array:
+        """A new float32 array of the tensor's shape (``dtype`` records the sender's dtype;
+        casting is the receiver's choice, so a float16 cast can never overflow here)."""
         out = np.empty(self.size, dtype=np.float32)
         self.codec._decode_into(np.frombuffer(self.data, dtype=np.uint8), out, 1.0, False)
-        return out.astype(self.dtype, copy=False).reshape(self.shape)
+        return out.reshape(self.shape)
 
     def accumulate_into(self, out: Float32Array, weight: float = 1.0) -> None:
         """``out += weight * decoded`` in one pass, into a caller-owned float32 buffer of the
@@ -128,7 +137,7 @@ class Update:
     def data_bytes(self) -> int:
         return sum(len(t.data) for t in self.tensors)
 
-    def arrays(self) -> dict[str, npt.NDArray[np.floating[Any]]]:
+    def arrays(self) -> dict[str, Float32Array]:
         return {t.name: t.decode() for t in self.tensors}
 
 
@@ -142,7 +151,7 @@ class GlobalModel:
     metrics: Mapping[str, float]
     tensors: tuple[EncodedTensor, ...]
 
-    def arrays(self) -> dict[str, npt.NDArray[np.floating[Any]]]:
+    def arrays(self) -> dict[str, Float32Array]:
         return {t.name: t.decode() for t in self.tensors}
 
 
@@ -201,10 +210,17 @@ def _as_encoded(
     return list(tensors)
 
 
-def _pack(header: dict[str, Any], tensors: list[EncodedTensor]) -> bytes:
-    checksum = 0
-    for tensor in tensors:
-        checksum = zlib.crc32(tensor.data, checksum)
+def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Plain floats for msgpack (numpy scalars included); validated with the rest."""
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise EnvelopeError(f"metrics.{key}", f"expected a number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _pack(header: dict[str, Any], tensors: list[EncodedTensor], limits: DecodeLimits) -> bytes:
     message = {
         **header,
         "tensors": [
@@ -217,11 +233,19 @@ def _pack(header: dict[str, Any], tensors: list[EncodedTensor]) -> bytes:
             }
             for t in tensors
         ],
-        "crc32": checksum,
     }
-    _parse_fields(message, tuple(message), _UNBOUNDED, check_content=False)
-    payload: bytes = msgpack.packb(message, use_bin_type=True)
-    return payload
+    # Refuse to send what a decoder with the same limits would refuse.
+    _parse_fields({**message, "crc32": 0}, (*message, "crc32"), limits, check_content=False)
+    packer = msgpack.Packer(use_bin_type=True)
+    body = packer.pack_map_header(len(message) + 1) + b"".join(
+        packer.pack(key) + packer.pack(value) for key, value in message.items()
+    )
+    size = len(body) + len(CRC_TRAILER) + 4
+    if size > limits.max_payload_bytes:
+        raise LimitExceededError(
+            "payload", f"{size} bytes exceed the limit of {limits.max_payload_bytes}"
+        )
+    return body + CRC_TRAILER + zlib.crc32(body).to_bytes(4, "big")
 
 
 def encode_update(
@@ -235,8 +259,10 @@ def encode_update(
     metrics: Mapping[str, float] | None = None,
     update_id: str | None = None,
     seed: int | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> bytes:
-    """An update envelope: pre-encoded tensors, or arrays encoded here with ``codec``."""
+    """An update envelope: pre-encoded tensors, or arrays encoded here with ``codec``.
+    Raises EnvelopeError (naming the field) for anything ``decode_update`` would refuse."""
     header = {
         "format": FORMAT_VERSION,
         "kind": KIND_UPDATE,
@@ -245,9 +271,9 @@ def encode_update(
         "base_version": base_version,
         "update_id": update_id if update_id is not None else uuid.uuid4().hex,
         "num_samples": num_samples,
-        "metrics": dict(metrics or {}),
+        "metrics": _metrics(metrics),
     }
-    return _pack(header, _as_encoded(tensors, codec, seed))
+    return _pack(header, _as_encoded(tensors, codec, seed), limits)
 
 
 def encode_model(
@@ -259,6 +285,7 @@ def encode_model(
     codec: Codec | Mapping[str, Any] | str = "fp32",
     metrics: Mapping[str, float] | None = None,
     seed: int | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> bytes:
     """A global-model envelope (fp32, lossless, unless told otherwise)."""
     header = {
@@ -267,30 +294,41 @@ def encode_model(
         "job": job_id,
         "sender": sender_id,
         "version": version,
-        "metrics": dict(metrics or {}),
+        "metrics": _metrics(metrics),
     }
-    return _pack(header, _as_encoded(tensors, codec, seed))
+    return _pack(header, _as_encoded(tensors, codec, seed), limits)
 
 
 # --- decoding ----------------------------------------------------------------------------
 
-_UNBOUNDED = DecodeLimits(
-    max_payload_bytes=2**62,
-    max_tensors=2**31,
-    max_total_elements=2**62,
-    max_dims=64,
-    max_name_length=2**16,
-    max_metrics=2**16,
-)
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise EnvelopeError(str(key), "duplicate key")
+            seen.add(key)
+    return mapping
 
 
 def _unpack(payload: bytes, limits: DecodeLimits) -> Any:
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise EnvelopeError("payload", f"expected bytes, got {type(payload).__name__}")
-    size = memoryview(payload).nbytes
-    if size > limits.max_payload_bytes:
+    payload = bytes(payload) if not isinstance(payload, bytes) else payload
+    if len(payload) > limits.max_payload_bytes:
         raise LimitExceededError(
-            "payload", f"{size} bytes exceed the limit of {limits.max_payload_bytes}"
+            "payload", f"{len(payload)} bytes exceed the limit of {limits.max_payload_bytes}"
+        )
+    trailer = len(CRC_TRAILER) + 4
+    if len(payload) < trailer or payload[-trailer:-4] != CRC_TRAILER:
+        raise EnvelopeError("crc32", "the payload does not end with its crc32 entry")
+    declared = int.from_bytes(payload[-4:], "big")
+    actual = zlib.crc32(memoryview(payload)[:-trailer])
+    if actual != declared:
+        raise ChecksumError(
+            "crc32", f"payload checksum {actual:#010x} != declared {declared:#010x}"
         )
     try:
         return msgpack.unpackb(
@@ -298,12 +336,19 @@ def _unpack(payload: bytes, limits: DecodeLimits) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_bin_len=size,
-            max_str_len=max(limits.max_name_length, 1024),
+            object_pairs_hook=_unique_keys,
+            max_bin_len=len(payload),
+            max_str_len=4 * max(limits.max_name_length, 256),  # UTF-8: <= 4 bytes a character
             max_array_len=max(limits.max_tensors, limits.max_dims, 16),
             max_map_len=max(limits.max_metrics, 16),
             max_ext_len=0,
         )
+    except EnvelopeError:
+        raise
+    except ValueError as error:
+        if "exceeds max_" in str(error):
+            raise LimitExceededError("payload", f"msgpack limit: {error}") from error
+        raise EnvelopeError("payload", f"not a valid msgpack message ({error})") from error
     except Exception as error:  # msgpack raises several unrelated types: convert them all
         raise EnvelopeError("payload", f"not a valid msgpack message ({error})") from error
 
@@ -350,7 +395,7 @@ def _parse_metrics(value: Any, limits: DecodeLimits) -> dict[str, float]:
         )
     metrics = {}
     for key, number in value.items():
-        if not METRIC_NAME.fullmatch(key):
+        if not isinstance(key, str) or not METRIC_NAME.fullmatch(key):
             raise EnvelopeError(f"metrics.{key!r}", "metric names are 1-64 of A-Z a-z 0-9 _.:/-")
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise EnvelopeError(f"metrics.{key}", f"expected a number, got {number!r}")
@@ -370,8 +415,8 @@ def _parse_tensor(
         raise EnvelopeError(
             f"{where}.name", f"expected a string of 1-{limits.max_name_length} characters"
         )
-    if not name.isprintable():
-        raise EnvelopeError(f"{where}.name", f"{name!r} holds control characters")
+    if not TENSOR_NAME.fullmatch(name):
+        raise EnvelopeError(f"{where}.name", f"{name!r} is not printable ASCII")
     shape = message["shape"]
     if not isinstance(shape, list):
         raise EnvelopeError(f"{where}.shape", f"expected a list, got {type(shape).__name__}")
@@ -397,10 +442,18 @@ def _parse_tensor(
     dtype = message["dtype"]
     if dtype not in DTYPES:
         raise EnvelopeError(f"{where}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    config = message["codec"]
+    if not isinstance(config, dict):
+        raise EnvelopeError(f"{where}.codec", f"expected a map, got {type(config).__name__}")
     try:
-        codec = get_codec(message["codec"])
+        codec = get_codec(config)
     except CodecError as error:
         raise EnvelopeError(f"{where}.codec", str(error)) from error
+    if codec.get_config() != config:
+        # Defaults may change between releases: the wire carries every parameter.
+        raise EnvelopeError(
+            f"{where}.codec", f"not in canonical form: expected {codec.get_config()}"
+        )
     data = message["data"]
     if not isinstance(data, bytes):
         raise EnvelopeError(f"{where}.data", f"expected bytes, got {type(data).__name__}")
@@ -448,12 +501,9 @@ def _parse_fields(
             raise EnvelopeError(f"tensors[{index}].name", f"duplicate name {tensor.name!r}")
         names.add(tensor.name)
         tensors.append(tensor)
-    checksum = _require_int("crc32", message["crc32"], 0, 2**32 - 1)
-    actual = 0
-    for tensor in tensors:
-        actual = zlib.crc32(tensor.data, actual)
-    if actual != checksum:
-        raise ChecksumError("crc32", f"data checksum {actual:#010x} != declared {checksum:#010x}")
+    _require_int("crc32", message["crc32"], 0, 2**32 - 1)
+    if list(message)[-1] != "crc32":
+        raise EnvelopeError("crc32", "must be the last entry")
     if check_content:
         for index, tensor in enumerate(tensors):
             try:

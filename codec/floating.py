@@ -57,7 +57,8 @@ class Float32Codec(_FloatCodec):
 
 
 class Float16Codec(_FloatCodec):
-    """IEEE float16, little-endian: round to nearest; values beyond +-65504 are refused."""
+    """IEEE float16, little-endian, round to nearest even; a value that rounds beyond the
+    largest half (+-65504, i.e. |x| >= 65520) is refused rather than sent as Inf."""
 
     codec_id = "fp16"
     itemsize = 2

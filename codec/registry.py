@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "int2": {"id": "uniform", "bits": 2},
     "qsgd": {"id": "qsgd"},
     "sign": {"id": "sign"},
-    "topk": {"id": "topk", "fraction": 0.01, "values": {"id": "uniform", "bits": 8}},
+    "topk": {"id": "topk"},
 }
 
 

@@ -13,7 +13,15 @@ import numpy as np
 import numpy.typing as npt
 
 from codec import _params, backend
-from codec.base import Codec, Float32Array, check_padding, check_scales, refuse_large_scales
+from codec.base import (
+    Codec,
+    Float32Array,
+    check_padding,
+    check_scales,
+    refuse_large_scales,
+    zero_scale_codes_are_zero,
+)
+from codec.errors import CorruptDataError
 
 
 class ScaledSignCodec(Codec):
@@ -57,6 +65,8 @@ class ScaledSignCodec(Codec):
         scales, signs = self._split(data, size)
         check_scales(self.codec_id, scales)
         check_padding(self.codec_id, signs, size, 1)
+        if not zero_scale_codes_are_zero(signs, scales, size, self.bucket_size, 1):
+            raise CorruptDataError(f"codec {self.codec_id!r}: sign bits set in a zero bucket")
 
     def _decode_into(
         self, data: npt.NDArray[np.uint8], out: Float32Array, weight: float, accumulate: bool

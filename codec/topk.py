@@ -1,16 +1,16 @@
-"""``topk``: keep the k = ceil(fraction * n) largest |x|, encode their values with a nested
-value codec, and their positions compactly.
+"""``topk``: keep the k = round(fraction * n) largest |x| (at least 1), encode their values
+with a nested value codec (default: 8-bit stochastic uniform), and their positions compactly.
 
 Bytes: one mode byte (0: bitmap of n bits, element 0 in the lowest bit; 1: LEB128 varints of
 the gaps between ascending indices, the first gap being the first index), the index bytes,
-then the k values encoded by the value codec. The encoder picks the smaller index form.
+then the k values encoded by the value codec. The varint form is used exactly when it is
+shorter than the bitmap; a decoder refuses the other form, so every tensor has one encoding.
 Ties in |x| at the threshold keep the lower indices, so the selection is deterministic.
 ||x - topk(x)||^2 <= (1 - k/n) ||x||^2.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,15 +40,22 @@ def select_topk(values: Float32Array, k: int) -> npt.NDArray[np.int64]:
     return np.sort(np.concatenate((above, ties))).astype(np.int64)
 
 
+def _varints(indices: npt.NDArray[np.int64]) -> bytes:
+    """The varint index form: LEB128 of the gaps (first gap = first index)."""
+    gaps = np.diff(indices, prepend=-1) - 1
+    encoded: bytes = backend.kernels.encode_varints(np.ascontiguousarray(gaps, dtype=np.int64))
+    return encoded
+
+
 class TopKCodec(Codec):
     codec_id = "topk"
 
     def __init__(self, fraction: float = 0.01, values: Codec | Mapping[str, Any] | None = None):
         self.fraction = _params.number(self.codec_id, "fraction", fraction, above=0.0, maximum=1.0)
         if values is None:
-            from codec.floating import Float32Codec
+            from codec.uniform import UniformCodec
 
-            values = Float32Codec()
+            values = UniformCodec(bits=8)
         elif not isinstance(values, Codec):
             from codec.registry import get_codec
 
@@ -72,8 +79,9 @@ class TopKCodec(Codec):
         return {"id": self.codec_id, "fraction": self.fraction, "values": self.values.get_config()}
 
     def kept(self, size: int) -> int:
-        """k for a tensor of ``size`` elements: ceil(fraction * size), at least 1."""
-        return 0 if size == 0 else min(size, max(1, math.ceil(self.fraction * size)))
+        """k for ``size`` elements: fraction * size (binary64) rounded half to even, clamped
+        to [1, size]. Rounding, not ceil: 0.07 * 100 is 7.000000000000001 in binary64."""
+        return 0 if size == 0 else min(size, max(1, round(self.fraction * size)))
 
     def _values_size(self, size: int) -> int:
         exact = self.values.encoded_size(self.kept(size))
@@ -90,8 +98,7 @@ class TopKCodec(Codec):
             return None
         size = values.shape[0]
         indices = select_topk(values, self.kept(size))
-        gaps = np.diff(indices, prepend=-1) - 1
-        varints = backend.kernels.encode_varints(np.ascontiguousarray(gaps, dtype=np.int64))
+        varints = _varints(indices)
         bitmap_length = (size + 7) // 8
         if len(varints) < bitmap_length:
             index_bytes = bytes([VARINT]) + varints
@@ -134,6 +141,10 @@ class TopKCodec(Codec):
                     f"codec {self.codec_id!r}: bitmap marks {indices.shape[0]} elements, "
                     f"expected {k}"
                 )
+            if len(_varints(indices)) < index_bytes.shape[0]:
+                raise CorruptDataError(
+                    f"codec {self.codec_id!r}: a bitmap where varint indices are smaller"
+                )
         elif mode == VARINT:
             gaps = np.empty(k, dtype=np.int64)
             problem = backend.kernels.decode_varints(
@@ -146,6 +157,10 @@ class TopKCodec(Codec):
                 raise CorruptDataError(
                     f"codec {self.codec_id!r}: index {int(indices[-1])} out of range for "
                     f"{size} elements"
+                )
+            if index_bytes.shape[0] >= (size + 7) // 8:
+                raise CorruptDataError(
+                    f"codec {self.codec_id!r}: varint indices where the bitmap is smaller"
                 )
         else:
             raise CorruptDataError(f"codec {self.codec_id!r}: unknown index mode {mode}")
@@ -166,6 +181,8 @@ class TopKCodec(Codec):
         indices, value_bytes = self._parse(data, out.shape[0])
         kept = np.empty(indices.shape[0], dtype=np.float32)
         self.values._decode_into(value_bytes, kept, weight, False)
-        if not accumulate:
+        if accumulate:
+            out[indices] += kept
+        else:
             out[:] = 0
-        out[indices] += kept
+            out[indices] = kept  # assignment keeps a kept -0.0 negative
