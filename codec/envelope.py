@@ -411,9 +411,11 @@ def _parse_tensor(
     where = f"tensors[{index}]"
     message = _require_fields(where, message, _TENSOR_FIELDS)
     name = message["name"]
-    if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_length:
-        raise EnvelopeError(
-            f"{where}.name", f"expected a string of 1-{limits.max_name_length} characters"
+    if not isinstance(name, str) or not name:
+        raise EnvelopeError(f"{where}.name", "expected a non-empty string")
+    if len(name) > limits.max_name_length:
+        raise LimitExceededError(
+            f"{where}.name", f"{len(name)} characters exceed the limit of {limits.max_name_length}"
         )
     if not TENSOR_NAME.fullmatch(name):
         raise EnvelopeError(f"{where}.name", f"{name!r} is not printable ASCII")

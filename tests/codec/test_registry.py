@@ -18,8 +18,11 @@ def all_subclasses(cls: type) -> set[type]:
 
 
 def test_every_concrete_codec_is_registered():
-    concrete = {c for c in all_subclasses(Codec) if not c.__name__.startswith("_")
-                and "codec_id" in c.__dict__}
+    concrete = {
+        c
+        for c in all_subclasses(Codec)
+        if not c.__name__.startswith("_") and "codec_id" in c.__dict__
+    }
     assert concrete == set(CODECS.values())
     assert {c.codec_id for c in concrete} == set(CODECS)
 
