@@ -50,7 +50,8 @@ def _uniform(key: int, start: int, stop: int) -> F32:
     """24-bit uniforms in [0, 1) for global element indices start..stop-1."""
     low = np.arange(start, stop, dtype=np.uint32) ^ np.uint32(key & 0xFFFFFFFF)
     h = _hash32(low + np.uint32(key >> 32))
-    return (h >> np.uint32(8)).astype(np.float32) * _TWO_POW_MINUS_24
+    uniform: F32 = (h >> np.uint32(8)).astype(np.float32) * _TWO_POW_MINUS_24
+    return uniform
 
 
 def _packed_length(n: int, bits: int) -> int:

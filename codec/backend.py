@@ -32,7 +32,8 @@ def _load() -> ModuleType:
                     f"{ENVIRONMENT_VARIABLE}=cython but the compiled codec is not built: {error}"
                 ) from error
         else:
-            return _kernels
+            compiled: ModuleType = _kernels
+            return compiled
     elif choice == "cython":
         raise ImportError("the compiled codec assumes a little-endian host")
     from codec import _kernels_numpy

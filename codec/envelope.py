@@ -237,7 +237,7 @@ def _pack(header: dict[str, Any], tensors: list[EncodedTensor], limits: DecodeLi
     # Refuse to send what a decoder with the same limits would refuse.
     _parse_fields({**message, "crc32": 0}, (*message, "crc32"), limits, check_content=False)
     packer = msgpack.Packer(use_bin_type=True)
-    body = packer.pack_map_header(len(message) + 1) + b"".join(
+    body: bytes = packer.pack_map_header(len(message) + 1) + b"".join(
         packer.pack(key) + packer.pack(value) for key, value in message.items()
     )
     size = len(body) + len(CRC_TRAILER) + 4

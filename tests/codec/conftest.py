@@ -3,6 +3,8 @@ selected (CI runs the suite once compiled, once with the numpy fallback)."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import pytest
 
 import codec
@@ -15,7 +17,7 @@ def _report_backend() -> None:
 
 
 @pytest.fixture(scope="session")
-def both_backends() -> dict[str, object]:
+def both_backends() -> dict[str, ModuleType]:
     """The compiled and numpy kernels, or a skip where the extension was not built."""
     found = backend.available()
     if "cython" not in found:
