@@ -218,6 +218,21 @@ def dequantize_sign(const float[::1] scales, const uint8_t[::1] signs, Py_ssize_
                 out[i] = out[i] + value if accumulate else value
 
 
+def float32_bytes(const float[::1] x):
+    """The little-endian bytes of ``x``, or None if it holds NaN or Inf (one copy, and a
+    vectorised finiteness scan instead of a temporary boolean array)."""
+    cdef Py_ssize_t n = x.shape[0]
+    encoded = PyBytes_FromStringAndSize(NULL, 4 * n)
+    if n == 0:
+        return encoded
+    cdef uint8_t* buffer = <uint8_t*>PyBytes_AS_STRING(encoded)
+    cdef uint32_t largest
+    with nogil:
+        memcpy(buffer, &x[0], 4 * n)
+        largest = fedmq_max_abs_bits(&x[0], n)
+    return None if largest >= 0x7f800000 else encoded
+
+
 def accumulate_float(const uint8_t[::1] data, int itemsize, float[::1] out, float weight,
                      bint accumulate):
     """``out (+)= weight * value`` for little-endian float32 (itemsize 4) or float16 (2)."""

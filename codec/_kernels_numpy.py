@@ -217,6 +217,12 @@ def dequantize_sign(
         out[:] = values
 
 
+def float32_bytes(x: F32) -> bytes | None:
+    if not np.isfinite(x).all():
+        return None
+    return x.astype("<f4", copy=False).tobytes()
+
+
 def accumulate_float(data: U8, itemsize: int, out: F32, weight: float, accumulate: bool) -> None:
     n = out.shape[0]
     if itemsize not in (2, 4) or data.shape[0] != n * itemsize:

@@ -51,9 +51,8 @@ class Float32Codec(_FloatCodec):
     wire_dtype = np.dtype("<f4")
 
     def _encode(self, values: Float32Array, key: int) -> bytes | None:
-        if not np.isfinite(values).all():
-            return None
-        return values.astype(self.wire_dtype, copy=False).tobytes()
+        encoded: bytes | None = backend.kernels.float32_bytes(values)
+        return encoded
 
 
 class Float16Codec(_FloatCodec):
