@@ -192,6 +192,8 @@ def quantize_sign(const float[::1] x, Py_ssize_t bucket):
                 break
             scale = <float>(acc / <double>(end - start))
             memcpy(buffer + 4 * b, &scale, 4)
+            if scale == 0.0:
+                continue  # a zero bucket decodes to zeros: its sign bits stay clear
             for i in range(start, end):
                 if x[i] < 0.0:
                     signs[i >> 3] |= <uint8_t>(1 << (i & 7))

@@ -197,7 +197,8 @@ def quantize_sign(x: F32, bucket: int) -> bytes | None:
     counts = np.full(rows.shape[0], bucket, dtype=np.float64)
     counts[-1] = n - (rows.shape[0] - 1) * bucket
     scales = (sums / counts).astype("<f4")
-    return scales.tobytes() + np.packbits(x < 0, bitorder="little").tobytes()
+    negative = (x < 0) & np.repeat(scales != 0, bucket)[:n]  # zero buckets: bits stay clear
+    return scales.tobytes() + np.packbits(negative, bitorder="little").tobytes()
 
 
 def dequantize_sign(

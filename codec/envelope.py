@@ -220,7 +220,16 @@ def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _pack(header: dict[str, Any], tensors: list[EncodedTensor], limits: DecodeLimits) -> bytes:
+def _pack(
+    header: dict[str, Any],
+    tensors: Sequence[EncodedTensor] | Mapping[str, npt.ArrayLike],
+    codec: Codec | Mapping[str, Any] | str,
+    seed: int | None,
+    limits: DecodeLimits,
+) -> bytes:
+    # Tensors encoded here are trusted; pre-encoded ones are checked like received ones.
+    check_content = not isinstance(tensors, Mapping)
+    tensors = _as_encoded(tensors, codec, seed)
     message = {
         **header,
         "tensors": [
@@ -235,7 +244,7 @@ def _pack(header: dict[str, Any], tensors: list[EncodedTensor], limits: DecodeLi
         ],
     }
     # Refuse to send what a decoder with the same limits would refuse.
-    _parse_fields({**message, "crc32": 0}, (*message, "crc32"), limits, check_content=False)
+    _parse_fields({**message, "crc32": 0}, (*message, "crc32"), limits, check_content=check_content)
     packer = msgpack.Packer(use_bin_type=True)
     body: bytes = packer.pack_map_header(len(message) + 1) + b"".join(
         packer.pack(key) + packer.pack(value) for key, value in message.items()
@@ -273,7 +282,7 @@ def encode_update(
         "num_samples": num_samples,
         "metrics": _metrics(metrics),
     }
-    return _pack(header, _as_encoded(tensors, codec, seed), limits)
+    return _pack(header, tensors, codec, seed, limits)
 
 
 def encode_model(
@@ -296,7 +305,7 @@ def encode_model(
         "version": version,
         "metrics": _metrics(metrics),
     }
-    return _pack(header, _as_encoded(tensors, codec, seed), limits)
+    return _pack(header, tensors, codec, seed, limits)
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -313,6 +322,29 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return mapping
 
 
+def _refuse_other_format(payload: bytes, limits: DecodeLimits) -> None:
+    """A later format may seal its payload differently: name its version rather than blame
+    a checksum (only on this error path, with the same parser limits)."""
+    try:
+        message = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=len(payload),
+            max_str_len=4 * max(limits.max_name_length, 256),
+            max_array_len=max(limits.max_tensors, limits.max_dims, 16),
+            max_map_len=max(limits.max_metrics, 16),
+            max_ext_len=0,
+        )
+    except Exception:
+        return
+    version = message.get("format") if isinstance(message, dict) else None
+    if type(version) is int and version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            "format", f"version {version} is not supported (this decoder reads {FORMAT_VERSION})"
+        )
+
+
 def _unpack(payload: bytes, limits: DecodeLimits) -> Any:
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise EnvelopeError("payload", f"expected bytes, got {type(payload).__name__}")
@@ -323,6 +355,7 @@ def _unpack(payload: bytes, limits: DecodeLimits) -> Any:
         )
     trailer = len(CRC_TRAILER) + 4
     if len(payload) < trailer or payload[-trailer:-4] != CRC_TRAILER:
+        _refuse_other_format(payload, limits)
         raise EnvelopeError("crc32", "the payload does not end with its crc32 entry")
     declared = int.from_bytes(payload[-4:], "big")
     actual = zlib.crc32(memoryview(payload)[:-trailer])

@@ -305,3 +305,26 @@ def test_non_canonical_topk_index_form_is_refused():
     assert np.array_equal(topk.decode(data, (1000,)), values)
     with pytest.raises(codec.CorruptDataError, match="varint indices are smaller"):
         topk.decode(as_bitmap, (1000,))
+
+
+def test_a_later_format_is_named_even_with_another_seal():
+    later = msgpack.packb({"format": 2, "kind": "update", "anything": b"new"}, use_bin_type=True)
+    with pytest.raises(codec.UnsupportedFormatError, match="version 2"):
+        decode_update(later)
+
+
+def test_pre_encoded_tensors_are_validated_before_sending():
+    good = codec.encode_tensors({"w": np.ones(4, dtype=np.float32)}, "fp32")[0]
+    bad = codec.EncodedTensor("w", (4,), "float32", good.codec, np.full(4, np.nan, "<f4").tobytes())
+    with pytest.raises(codec.EnvelopeError, match=r"tensors\[0\]\.data"):
+        encode_update([bad], job_id="j", sender_id="a", base_version=0, num_samples=1)
+
+
+def test_sign_of_a_bucket_that_rounds_to_zero_decodes():
+    values = np.array([-1e-45, 0.0], dtype=np.float32)  # mean |x| rounds to +0
+    update = decode_update(
+        encode_update(
+            {"w": values}, codec="sign", job_id="j", sender_id="a", base_version=0, num_samples=1
+        )
+    )
+    assert not update.arrays()["w"].any()
