@@ -36,9 +36,9 @@ def provision_account(
     check_account_name(name)
     entries = read_password_file(password_file)
     existing = entries.get(name)
-    if existing is not None and not rotate:
-        if password is None or verify_password(password, existing):
-            return None
+    unchanged = password is None or (existing is not None and verify_password(password, existing))
+    if existing is not None and not rotate and unchanged:
+        return None
     chosen = password if password is not None else new_password()
     entries[name] = hash_password(chosen)
     write_password_file(password_file, entries)

@@ -55,7 +55,7 @@ def _mlp(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
 def _cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     import keras
 
-    side = int(round(np.sqrt(np.prod(input_shape))))
+    side = round(float(np.sqrt(np.prod(input_shape))))
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
