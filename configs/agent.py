@@ -1,0 +1,27 @@
+"""Edge agent settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from configs.broker import BrokerConnection
+from configs.task import TaskSettings
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = "agent-0"
+    job: str = "digits"
+    topic_prefix: str = "fedmq"
+    broker: BrokerConnection = Field(default_factory=BrokerConnection)
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    state_dir: Path = Path("state/agent")
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    slowdown: float = Field(
+        1.0, ge=1.0, description="simulated straggler: a round lasts this many times longer"
+    )
+    threads: int | None = Field(1, ge=1, description="TensorFlow thread pools; None = all")
+    seed: int | None = Field(None, description="None draws fresh randomness for each round")

@@ -1,0 +1,90 @@
+"""Coordinator settings: job, broker, task, strategy, training settings sent to agents,
+stopping rule and state directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.messages import Mode, TrainingSettings
+from configs.broker import BrokerConnection
+from configs.task import TaskSettings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FedBuffSettings(_Strict):
+    """Buffer K updates; each weighs num_samples x (1 + staleness)^-0.5."""
+
+    name: Literal["fedbuff"] = "fedbuff"
+    buffer_size: int = Field(4, ge=1, description="K: updates per new version")
+    max_staleness: int = Field(10, ge=0)
+    server_learning_rate: float = Field(1.0, gt=0)
+
+
+class FedAsyncSettings(_Strict):
+    """Mix each update in at once: x += a * s(staleness) * delta."""
+
+    name: Literal["fedasync"] = "fedasync"
+    mixing: float = Field(0.6, gt=0, le=1, description="a")
+    staleness_function: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    exponent: float = Field(0.5, ge=0, description="p of the polynomial (t - tau + 1)^-p")
+    hinge_a: float = Field(10.0, ge=0)
+    hinge_b: int = Field(4, ge=0)
+    max_staleness: int = Field(10, ge=0)
+
+
+class FedAvgSettings(_Strict):
+    """Synchronous rounds: wait for every expected agent, or until the deadline once a
+    quorum has answered."""
+
+    name: Literal["fedavg"] = "fedavg"
+    deadline_seconds: float | None = Field(
+        None, gt=0, description="None waits for every expected agent"
+    )
+    min_quorum: int = Field(1, ge=1)
+    expected_agents: int | None = Field(
+        None, ge=1, description="None: the agents online when the round starts"
+    )
+    late_updates: Literal["drop", "apply"] = "drop"
+    max_staleness: int = Field(1, ge=0, description="for late updates applied as stale")
+    server_learning_rate: float = Field(1.0, gt=0)
+
+
+StrategySettings = FedBuffSettings | FedAsyncSettings | FedAvgSettings
+
+
+class StopSettings(_Strict):
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    max_versions: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+
+
+class CoordinatorSettings(_Strict):
+    job: str = "digits"
+    topic_prefix: str = "fedmq"
+    broker: BrokerConnection = Field(
+        default_factory=lambda: BrokerConnection(username="coordinator")
+    )
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    strategy: StrategySettings = Field(default_factory=FedBuffSettings, discriminator="name")
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    mode: Mode | None = Field(None, description="None: sync for fedavg, async otherwise")
+    stop: StopSettings = Field(default_factory=StopSettings)
+    state_dir: Path = Path("state/coordinator")
+    evaluate_every: int = Field(1, ge=0, description="versions between evaluations; 0 never")
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    clip_norm: float | None = Field(None, gt=0, description="clip each update's L2 norm")
+    max_update_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    duplicate_window: int = Field(10_000, ge=1, description="recent update ids remembered")
+    seed: int = 0
+
+    @property
+    def effective_mode(self) -> Mode:
+        if self.mode is not None:
+            return self.mode
+        return Mode.SYNC if self.strategy.name == "fedavg" else Mode.ASYNC

@@ -1,0 +1,75 @@
+"""Synchronous FedAvg rounds with a deadline and a quorum.
+
+A round collects updates trained from the current version. It closes when every expected
+agent has answered, or, with a deadline, when the deadline has passed and at least
+``min_quorum`` have answered (short of a quorum it waits on). The model then moves by
+server_lr x sum(n_i delta_i) / sum(n_i). An update from an earlier round is dropped with
+reason "late", or, with ``late_updates: apply``, added to the current round as stale
+(discounted by (1 + s)^-1/2, within ``max_staleness``). One update per agent per round.
+"""
+
+from __future__ import annotations
+
+from configs.coordinator import FedAvgSettings
+from coordinator.strategies.base import Contribution, GlobalModel, Outcome, Strategy
+from coordinator.strategies.weights import fedbuff_staleness_weight, sample_weight
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+
+    def __init__(self, settings: FedAvgSettings, model: GlobalModel) -> None:
+        super().__init__(model)
+        self.settings = settings
+        self._expected = settings.expected_agents or 1
+        self._deadline: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums = self.model.zeros_like()
+        self._samples = 0
+        self._agents: set[str] = set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._agents)
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def start_round(self, now: float, agents_online: int) -> None:
+        self._expected = self.settings.expected_agents or max(1, agents_online)
+        deadline = self.settings.deadline_seconds
+        self._deadline = None if deadline is None else now + deadline
+
+    def apply(self, contribution: Contribution, now: float) -> Outcome:
+        staleness = self.staleness(contribution)
+        if staleness > 0 and self.settings.late_updates == "drop":
+            return Outcome(False, staleness, "late")
+        if staleness > self.settings.max_staleness:
+            return Outcome(False, staleness, "stale")
+        if contribution.agent in self._agents:
+            return Outcome(False, staleness, "already_in_round")
+        weight = sample_weight(contribution.num_samples, fedbuff_staleness_weight(staleness))
+        contribution.add_to(self._sums, weight)
+        self._samples += contribution.num_samples
+        self._agents.add(contribution.agent)
+        closed = self._close_if_due(now)
+        return Outcome(True, staleness, new_version=closed)
+
+    def tick(self, now: float) -> bool:
+        return self._close_if_due(now)
+
+    def _close_if_due(self, now: float) -> bool:
+        answered = len(self._agents)
+        everyone = answered >= self._expected
+        past_deadline = self._deadline is not None and now >= self._deadline
+        if not answered or not (
+            everyone or (past_deadline and answered >= self.settings.min_quorum)
+        ):
+            return False
+        self._step(self._sums, self._samples, self.settings.server_learning_rate)
+        self._reset()
+        self._deadline = None  # the service starts the next round when it publishes
+        return True
