@@ -8,6 +8,8 @@ keyed by the element's global index.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -64,11 +66,19 @@ def _chunks(n: int, bucket: int) -> range:
 
 
 def _padded_rows(x: F32, bucket: int) -> F32:
-    """Rows of ``bucket`` values, the last one zero-padded (zeros change no sum or max)."""
-    rows = -(-x.shape[0] // bucket)
-    padded = np.zeros(rows * bucket, dtype=np.float32)
+    """Rows of ``bucket`` values, the last one zero-padded (zeros change no sum or max). A
+    single partial bucket is one row of its own length: memory follows the data, never a
+    huge ``bucket_size``."""
+    width = min(bucket, x.shape[0])
+    rows = -(-x.shape[0] // width) if width else 0
+    padded = np.zeros(rows * width, dtype=np.float32)
     padded[: x.shape[0]] = x
-    return padded.reshape(rows, bucket)
+    return padded.reshape(rows, width)
+
+
+def _per_element(per_bucket: npt.NDArray[np.generic], start: int, stop: int, bucket: int) -> Any:
+    """Each element's bucket value for elements start..stop-1 (memory of the elements only)."""
+    return per_bucket[np.arange(start, stop, dtype=np.int64) // bucket]
 
 
 def _pack(q: npt.NDArray[np.int32], bits: int) -> U8:
@@ -141,8 +151,7 @@ def quantize(
             q = floor.astype(np.int32) + (_uniform(key, start, stop) < (y - floor))
         else:
             q = np.rint(y).astype(np.int32)
-        q = np.clip(q, -levels, levels)
-        q[np.repeat(scale == 0, bucket)[: stop - start]] = 0
+        q = np.clip(q, -levels, levels)  # a zero bucket holds only zeros: its codes are 0
         q_all[start:stop] = q
     return scales.astype("<f4").tobytes() + _pack(q_all, bits).tobytes()
 
@@ -167,7 +176,7 @@ def dequantize(
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         q = _unpack(codes[start * bits // 8 : _packed_length(stop, bits)], stop - start, bits)
-        steps = np.repeat(step_all[start // bucket : -(-stop // bucket)], bucket)[: stop - start]
+        steps = _per_element(step_all, start, stop, bucket)
         with np.errstate(over="ignore"):  # as the C kernel: a huge weight gives Inf, no warning
             values = steps * q.astype(np.float32)
         if accumulate:
@@ -197,7 +206,7 @@ def quantize_sign(x: F32, bucket: int) -> bytes | None:
     counts = np.full(rows.shape[0], bucket, dtype=np.float64)
     counts[-1] = n - (rows.shape[0] - 1) * bucket
     scales = (sums / counts).astype("<f4")
-    negative = (x < 0) & np.repeat(scales != 0, bucket)[:n]  # zero buckets: bits stay clear
+    negative = (x < 0) & _per_element(scales != 0, 0, n, bucket)  # zero buckets: bits clear
     return scales.tobytes() + np.packbits(negative, bitorder="little").tobytes()
 
 
@@ -209,7 +218,7 @@ def dequantize_sign(
         raise ValueError("invalid bucket size")
     if scales.shape[0] != -(-n // bucket) or signs.shape[0] != _packed_length(n, 1):
         raise ValueError("input buffers have the wrong size")
-    steps = np.repeat(np.float32(weight) * scales, bucket)[:n]
+    steps = _per_element(np.float32(weight) * scales, 0, n, bucket)
     negative = np.unpackbits(signs, bitorder="little", count=n).astype(bool)
     values = np.where(negative, -steps, steps)
     if accumulate:

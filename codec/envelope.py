@@ -408,9 +408,8 @@ def _require_fields(name: str, message: Any, expected: Sequence[str]) -> dict[st
         raise EnvelopeError(name, f"expected a map, got {type(message).__name__}")
     unknown = [k for k in message if k not in expected]
     if unknown:
-        raise EnvelopeError(
-            f"{name}.{unknown[0]}" if name != "envelope" else unknown[0], "unknown field"
-        )
+        key = unknown[0] if isinstance(unknown[0], str) and unknown[0] else repr(unknown[0])
+        raise EnvelopeError(f"{name}.{key}" if name != "envelope" else key, "unknown field")
     missing = [k for k in expected if k not in message]
     if missing:
         raise EnvelopeError(
@@ -464,6 +463,11 @@ def _parse_tensor(
         for d, extent in enumerate(shape)
     )
     size = element_count(dims)
+    extent = element_count([d for d in dims if d])
+    if extent > MAX_TENSOR_ELEMENTS:  # even an empty tensor must be an allocatable shape
+        raise LimitExceededError(
+            f"{where}.shape", f"dimensions {list(dims)} exceed {MAX_TENSOR_ELEMENTS} elements"
+        )
     if size > MAX_TENSOR_ELEMENTS:
         raise LimitExceededError(
             f"{where}.shape", f"{size} elements exceed the codec's {MAX_TENSOR_ELEMENTS}"

@@ -59,6 +59,9 @@ class TopKCodec(Codec):
         elif not isinstance(values, Codec):
             from codec.registry import get_codec
 
+            if isinstance(values, Mapping) and values.get("id") == self.codec_id:
+                # refused before building it: nesting must not recurse without bound
+                raise CodecConfigError(f"codec {self.codec_id!r}: values cannot be topk")
             values = get_codec(values)
         if values.encoded_size(1) is None:
             raise CodecConfigError(

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.messages import Mode, TrainingSettings
 from configs.broker import BrokerConnection
+from configs.loading import default_tag
 from configs.task import TaskSettings
 
 
@@ -82,6 +83,16 @@ class CoordinatorSettings(_Strict):
     max_update_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     duplicate_window: int = Field(10_000, ge=1, description="recent update ids remembered")
     seed: int = 0
+
+    _strategy_tag = field_validator("strategy", mode="before")(default_tag("name", "fedbuff"))
+
+    @model_validator(mode="after")
+    def _coordinator_account(self) -> CoordinatorSettings:
+        """The ACL knows the coordinator by this account: a broker section that names only
+        the host keeps it."""
+        if self.broker.username is None:
+            self.broker = self.broker.model_copy(update={"username": "coordinator"})
+        return self
 
     @property
     def effective_mode(self) -> Mode:

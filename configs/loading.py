@@ -53,6 +53,18 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def default_tag(tag: str, default: str) -> Any:
+    """A before-validator for a discriminated union field: a mapping without the tag gets
+    the default variant's, so ``strategy: {buffer_size: 8}`` means the default strategy."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, Mapping) and tag not in value:
+            return {**value, tag: default}
+        return value
+
+    return fill
+
+
 def load_settings(
     kind: type[S],
     path: Path | None = None,
@@ -68,11 +80,14 @@ def load_settings(
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from error
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+            one_line = " ".join(str(error).split())
+            raise ConfigError(f"{path}: not valid YAML ({one_line})") from error
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

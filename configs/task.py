@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from configs.loading import default_tag
 
 
 class DigitsData(BaseModel):
@@ -37,3 +39,5 @@ class TaskSettings(BaseModel):
     data: DigitsData | NpzData = Field(default_factory=DigitsData, discriminator="kind")
     input_shape: tuple[int, ...] = (64,)
     num_classes: int = Field(10, ge=2)
+
+    _data_tag = field_validator("data", mode="before")(default_tag("kind", "digits"))

@@ -63,7 +63,7 @@ def test_unknown_id_is_named():
         ({"id": "sign", "bucket_size": -1}, "bucket_size"),
         ({"id": "topk", "fraction": 0}, "fraction"),
         ({"id": "topk", "fraction": 1.5}, "fraction"),
-        ({"id": "topk", "values": {"id": "topk"}}, "fixed-size"),
+        ({"id": "topk", "values": {"id": "topk"}}, "cannot be topk"),
         ({"id": "topk", "values": {"id": "nope"}}, "nope"),
         ({"id": "fp32", "level": 1}, "level"),
         ({"bits": 8}, "'id'"),

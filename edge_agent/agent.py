@@ -1,0 +1,323 @@
+"""The edge agent service.
+
+Tasks: the connection loop (last will ``offline``, persistent session, reconnects with
+backoff and jitter, renews subscriptions), the training loop (waits for a model and a ``run``
+control, trains in a worker thread, compresses with error feedback, publishes with QoS 1),
+and the heartbeat (retained status). SIGTERM: publish ``offline``, disconnect, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
+from common.errors import ProtocolError, TaskError
+from common.messages import AgentState, AgentStatus, Control, Mode, RunState, parse
+from common.tasks.data import Dataset, DigitsFederation, load_npz
+from common.tasks.models import Weights
+from common.topics import Topics
+from configs.agent import AgentSettings
+from configs.task import DigitsData
+from edge_agent.feedback import ErrorFeedback
+from edge_agent.laq import LazyUploader, squared_norm
+from edge_agent.trainer import Trainer
+
+log = logging.getLogger("fedmq.agent")
+
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+SHUTDOWN_SECONDS = 5.0
+
+
+def publish_timeout(size: int) -> float:
+    """10 s plus the payload at a pessimistic 100 kB/s (a Jetson on a thin uplink)."""
+    return 10.0 + size / 1e5
+
+
+def load_data(settings: AgentSettings) -> Dataset:
+    data = settings.task.data
+    if isinstance(data, DigitsData):
+        return DigitsFederation(data.num_agents, data.alpha, data.seed, data.test_fraction).shard(
+            data.shard
+        )
+    return load_npz(data.path)
+
+
+@dataclass
+class ReceivedModel:
+    version: int
+    weights: Weights
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix, settings.job)
+        self.stop_event = asyncio.Event()
+        self.status = AgentStatus(agent=settings.agent_id, state=AgentState.ONLINE)
+        self.model: ReceivedModel | None = None
+        self.control: Control | None = None
+        self.trainer: Trainer | None = None
+        self.feedback = ErrorFeedback()
+        self.lazy = LazyUploader()
+        self._changed = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._last_trained_base: int | None = None
+        self._limits = DecodeLimits()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            data = await asyncio.to_thread(load_data, self.settings)
+            seed = self.settings.seed if self.settings.seed is not None else secrets.randbits(31)
+            self.trainer = await asyncio.to_thread(
+                Trainer, self.settings.task, data, self.settings.threads, seed
+            )
+        except TaskError as error:
+            log.error("cannot start: %s", error)
+            self._set_status(AgentState.ERROR, error=str(error))
+            await self._report_once()
+            return 1
+        log.info("%s ready: %d samples", self.settings.agent_id, data.size)
+        tasks = [
+            asyncio.create_task(self._connection_loop(), name="connection"),
+            asyncio.create_task(self._training_loop(), name="training"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+        stopper = asyncio.create_task(self.stop_event.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("task %s failed", task.get_name(), exc_info=task.exception())
+                code = 1
+        await self._shutdown(tasks)
+        stopper.cancel()
+        return code
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            if task.get_name() != "connection":
+                task.cancel()
+        self._set_status(AgentState.OFFLINE)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._publish_status(), SHUTDOWN_SECONDS)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+
+    async def _report_once(self) -> None:
+        """Connect just long enough to publish the status (a start-up error)."""
+        with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+            async with self._new_client() as client:
+                await client.publish(
+                    self.topics.agent_status(self.settings.agent_id),
+                    self.status.to_json(),
+                    qos=1,
+                    retain=True,
+                    timeout=10,
+                )
+
+    # --- connection ---------------------------------------------------------------------
+
+    def _new_client(self) -> aiomqtt.Client:
+        broker = self.settings.broker
+        offline = AgentStatus(agent=self.settings.agent_id, state=AgentState.OFFLINE)
+        return aiomqtt.Client(
+            hostname=broker.host,
+            port=broker.port,
+            username=broker.username or self.settings.agent_id,
+            password=broker.password.get_secret_value() if broker.password else None,
+            identifier=f"fedmq-agent-{self.settings.agent_id}",
+            clean_session=False,
+            keepalive=broker.keepalive,
+            timeout=broker.connect_timeout,
+            will=aiomqtt.Will(
+                self.topics.agent_status(self.settings.agent_id),
+                offline.to_json(),
+                qos=1,
+                retain=True,
+            ),
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )
+
+    async def _connection_loop(self) -> None:
+        backoff = BACKOFF_START
+        while not self.stop_event.is_set():
+            try:
+                async with self._new_client() as client:
+                    self._client = client
+                    await client.subscribe(self.topics.model, qos=1)
+                    await client.subscribe(self.topics.control, qos=1)
+                    self._connected.set()
+                    backoff = BACKOFF_START
+                    await self._publish_status()
+                    async for message in client.messages:
+                        await self._route(str(message.topic), bytes(message.payload))
+            except aiomqtt.MqttError as error:
+                log.warning("broker connection lost (%s); retrying in %.1f s", error, backoff)
+            finally:
+                self._connected.clear()
+                self._client = None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(
+                topic, payload, qos=1, retain=retain, timeout=publish_timeout(len(payload))
+            )
+        except aiomqtt.MqttError as error:
+            log.warning("publish to %s failed: %s", topic, error)
+            return False
+        return True
+
+    async def _route(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.control:
+            try:
+                self.control = parse(Control, payload)
+            except ProtocolError as error:
+                log.error("ignoring invalid control message: %s", error)
+                return
+            self.feedback.enabled = self.control.training.error_feedback
+            if self.control.state == RunState.STOP:
+                log.info("control says stop: leaving")
+                self.stop_event.set()
+            self._changed.set()
+        elif topic == self.topics.model:
+            await self._on_model(payload)
+
+    async def _on_model(self, payload: bytes) -> None:
+        try:
+            model = await asyncio.to_thread(decode_model, payload, limits=self._limits)
+            weights = {t.name: t.decode() for t in model.tensors}
+        except CodecError as error:
+            log.error("ignoring invalid model: %s", error)
+            self._set_status(AgentState.ERROR, error=f"invalid model: {error}")
+            return
+        assert self.trainer is not None
+        expected = {name: value.shape for name, value in self.trainer.weights().items()}
+        if {name: value.shape for name, value in weights.items()} != expected:
+            log.error(
+                "ignoring model version %d: tensors do not match the local model", model.version
+            )
+            self._set_status(AgentState.ERROR, error="model does not match the local task")
+            return
+        if self.model is not None and model.version <= self.model.version:
+            return
+        self.model = ReceivedModel(model.version, weights)
+        self.lazy.observe_model(weights)
+        self._changed.set()
+
+    # --- training -----------------------------------------------------------------------
+
+    def _ready_to_train(self) -> bool:
+        control, model = self.control, self.model
+        if control is None or model is None or control.state != RunState.RUN:
+            return False
+        if control.mode == Mode.SYNC:
+            return self._last_trained_base is None or model.version > self._last_trained_base
+        return True
+
+    async def _training_loop(self) -> None:
+        while not self.stop_event.is_set():
+            if not self._ready_to_train():
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            assert self.model is not None and self.control is not None and self.trainer is not None
+            base, settings = self.model, self.control.training
+            self._set_status(AgentState.TRAINING, base_version=base.version)
+            await self._publish_status()
+            result = await asyncio.to_thread(self.trainer.train, base.weights, settings)
+            if self.settings.slowdown > 1:
+                await asyncio.sleep((self.settings.slowdown - 1) * result.seconds)
+            self._last_trained_base = base.version
+            payload = await asyncio.to_thread(self._compress, base, result.weights, result.loss)
+            if payload is None:
+                self.status = self.status.model_copy(
+                    update={"uploads_skipped": self.status.uploads_skipped + 1}
+                )
+                self._set_status(AgentState.IDLE)
+                continue
+            update_id, data = payload
+            await self._send(update_id, data)
+
+    def _compress(
+        self, base: ReceivedModel, trained: Weights, loss: float
+    ) -> tuple[str, bytes] | None:
+        """Worker thread: delta, error feedback, quantize, lazy-upload rule, envelope."""
+        assert self.control is not None and self.trainer is not None
+        settings = self.control.training
+        delta = {name: trained[name] - base.weights[name] for name in base.weights}
+        corrected = self.feedback.corrected(delta)
+        encoded = encode_tensors(corrected, settings.codec)
+        sent = {t.name: t.decode() for t in encoded}
+        error = squared_norm({n: sent[n] - corrected[n] for n in sent})
+        if not self.lazy.should_upload(settings.lazy_upload, sent, error):
+            self.feedback.record(corrected, None)
+            return None
+        self.feedback.record(corrected, sent)
+        update_id = secrets.token_hex(16)
+        payload = encode_update(
+            encoded,
+            job_id=self.settings.job,
+            sender_id=self.settings.agent_id,
+            base_version=base.version,
+            num_samples=self.trainer.data.size,
+            metrics={"loss": loss if np.isfinite(loss) else 0.0},
+            update_id=update_id,
+        )
+        return update_id, payload
+
+    async def _send(self, update_id: str, payload: bytes) -> None:
+        """Publish with QoS 1, waiting for the broker if it is away (never dropped)."""
+        topic = self.topics.update(self.settings.agent_id)
+        while not self.stop_event.is_set():
+            await self._connected.wait()
+            if await self._publish(topic, payload):
+                self.status = self.status.model_copy(
+                    update={
+                        "updates_sent": self.status.updates_sent + 1,
+                        "uplink_bytes": self.status.uplink_bytes + len(payload),
+                        "last_update": update_id,
+                        "last_update_at": time.time(),
+                    }
+                )
+                self._set_status(AgentState.IDLE)
+                await self._publish_status()
+                return
+            await asyncio.sleep(0.5)
+
+    # --- status -------------------------------------------------------------------------
+
+    def _set_status(self, state: AgentState, **changes: Any) -> None:
+        self.status = self.status.model_copy(
+            update={"state": state, "heartbeat": time.time(), **changes}
+        )
+
+    async def _publish_status(self) -> None:
+        self.status = self.status.model_copy(update={"heartbeat": time.time()})
+        await self._publish(
+            self.topics.agent_status(self.settings.agent_id), self.status.to_json(), retain=True
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            await self._publish_status()
