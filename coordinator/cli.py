@@ -44,6 +44,55 @@ def run(
     raise typer.Exit(serve(settings))
 
 
+@app.command()
+def local(
+    config: Annotated[Path | None, typer.Option(help="YAML settings of the run")] = None,
+    agents: Annotated[int | None, typer.Option(help="number of agents")] = None,
+    stragglers: Annotated[int | None, typer.Option(help="how many agents are slower")] = None,
+    slowdown: Annotated[float | None, typer.Option(help="how much slower")] = None,
+    dropouts: Annotated[int | None, typer.Option(help="agents stopped for a while")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedbuff, fedasync or fedavg")] = None,
+    codec: Annotated[str | None, typer.Option(help="codec preset: int8, int4, sign...")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(help="stop when reached")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="stop after this long")] = None,
+    output: Annotated[Path | None, typer.Option(help="results directory")] = None,
+    live: Annotated[bool, typer.Option(help="live progress table")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a complete local federation: broker, coordinator and agents as processes."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    from codec import PRESETS, get_codec
+    from configs.local import LocalRunSettings
+
+    given = {
+        "agents": agents,
+        "stragglers": stragglers,
+        "slowdown": slowdown,
+        "dropouts": dropouts,
+        "output": output,
+    }
+    overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if strategy is not None:
+        overrides["strategy"] = {"name": strategy}
+    if codec is not None:
+        if codec not in PRESETS:
+            exit_on_config_error(ConfigError(f"--codec: unknown preset {codec!r}"))
+        overrides["training"] = {"codec": get_codec(codec).get_config()}
+    stop = {"target_accuracy": target_accuracy, "max_seconds": max_seconds}
+    if any(v is not None for v in stop.values()):
+        overrides["stop"] = {k: v for k, v in stop.items() if v is not None}
+    try:
+        settings = load_settings(
+            LocalRunSettings, config, env_prefix="FEDMQ_LOCAL", overrides=overrides
+        )
+    except ConfigError as error:
+        exit_on_config_error(error)
+    from coordinator.local import run_local
+
+    results = run_local(settings, live=live)
+    raise typer.Exit(0 if results["final_version"] is not None else 1)
+
+
 def main() -> int:
     try:
         app()

@@ -347,7 +347,12 @@ class Coordinator:
         self.strategy.start_round(time.time(), self.agents_online)
         await self._publish(self.topics.model, self._model_payload, retain=True)
         await self._emit(
-            Event(type=EventType.VERSION, version=version, accuracy=self.last_accuracy)
+            Event(
+                type=EventType.VERSION,
+                version=version,
+                accuracy=self.last_accuracy,
+                bytes=self.counters.uplink_bytes,  # update bytes received so far
+            )
         )
         log.info("version %d published (accuracy %s)", version, self.last_accuracy)
         await self._check_stop_rule()
