@@ -221,10 +221,10 @@ class LocalFederation:
         progress = self.progress
         self.events_log.append(event.model_dump(mode="json", exclude_none=True))
         if event.type == EventType.VERSION and event.version is not None:
+            # time counts from the first training round: start-up is not training time
+            seconds = progress.elapsed() if progress.training_started is not None else 0.0
             progress.versions.append(
-                VersionPoint(
-                    event.version, round(progress.elapsed(), 3), event.accuracy, event.bytes or 0
-                )
+                VersionPoint(event.version, round(seconds, 3), event.accuracy, event.bytes or 0)
             )
         elif event.type == EventType.UPDATE_ACCEPTED:
             progress.accepted += 1
