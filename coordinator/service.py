@@ -220,7 +220,7 @@ class Coordinator:
             await self._queue.put((agent, payload))  # bounded: back-pressure, never a drop
             return
         agent = self.topics.agent_of_status(topic)
-        if agent is not None:
+        if agent is not None and agent not in RESERVED_ACCOUNTS:
             await self._on_agent_status(agent, payload)
 
     async def _on_agent_status(self, agent: str, payload: bytes) -> None:
