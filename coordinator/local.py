@@ -117,20 +117,17 @@ class LocalFederation:
         }
 
     def _spawn(self, module: str, config: Path, log_name: str) -> subprocess.Popen[bytes]:
-        log = open(self.output / "logs" / log_name, "ab")  # noqa: SIM115 - owned by the child
         command = [sys.executable, "-m", module]
-        command += (
-            ["run", "--config", str(config)]
-            if module == "coordinator"
-            else ["--config", str(config)]
-        )
-        return subprocess.Popen(
-            command,
-            env=self._environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command += ["run"] if module == "coordinator" else []
+        command += ["--config", str(config)]
+        with open(self.output / "logs" / log_name, "ab") as log:  # the child keeps its own
+            return subprocess.Popen(
+                command,
+                env=self._environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _write_configs(self, broker: DevBroker) -> None:
         s = self.settings

@@ -26,12 +26,16 @@ def initial_model(settings: CoordinatorSettings, evaluator: Evaluator) -> Global
 
 
 async def serve(settings: CoordinatorSettings) -> int:
-    evaluator = await asyncio.to_thread(Evaluator, settings.task, settings.seed)
-    model = initial_model(settings, evaluator)
-    coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy)
+    stopping = asyncio.Event()  # SIGTERM during start-up (TensorFlow import) stops cleanly too
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, coordinator.stop_event.set)
+        loop.add_signal_handler(sig, stopping.set)
+    evaluator = await asyncio.to_thread(Evaluator, settings.task, settings.seed)
+    if stopping.is_set():
+        return 0
+    model = initial_model(settings, evaluator)
+    coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy)
+    coordinator.stop_event = stopping
     return await coordinator.run()
 
 

@@ -111,12 +111,13 @@ def start_coordinator(
     }
     path = directory / "coordinator.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "run", "--config", str(path)],
-        env=environment(),
-        stdout=open(directory / "coordinator.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    with open(directory / "coordinator.log", "wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "run", "--config", str(path)],
+            env=environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
