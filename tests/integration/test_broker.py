@@ -35,8 +35,12 @@ def test_password_hashes_are_interchangeable_with_mosquitto_passwd(tmp_path: Pat
 )
 def test_unauthenticated_clients_are_refused(broker: DevBroker, login: dict[str, str]):
     async def connect() -> None:
-        async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5, **login):
+        username, password = login.get("username"), login.get("password")
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, username=username, password=password, timeout=5
+        ):
             pass
+
 
     broker.provision("agent-x")
     with pytest.raises(aiomqtt.MqttError):
