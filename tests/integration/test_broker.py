@@ -41,7 +41,6 @@ def test_unauthenticated_clients_are_refused(broker: DevBroker, login: dict[str,
         ):
             pass
 
-
     broker.provision("agent-x")
     with pytest.raises(aiomqtt.MqttError):
         asyncio.run(connect())
