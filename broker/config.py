@@ -8,8 +8,11 @@ Accounts and rights (``prefix`` is the topic root, ``+`` matches any job):
   agent's topics, not the coordinator's.
 - ``coordinator``: reads every update and agent status, writes model, control, its status
   and events.
-- ``monitor``: read-only view for people and dashboards (``mosquitto_sub``): everything but
-  the update topics, which carry devices' model deltas.
+- ``monitor``: the view for people and dashboards (``mosquitto_sub``): reads everything but
+  the update topics, which carry devices' model deltas. (Pattern lines apply to every
+  account, so ``monitor`` and ``coordinator`` could write ``update/<own name>`` and
+  ``agents/<own name>/status``: the coordinator ignores service accounts on agent topics.)
+
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from codec.errors import CodecConfigError
 
 
 def check_keys(codec_id: str, config: Mapping[str, Any], allowed: Collection[str]) -> None:
-    unknown = sorted(set(config) - set(allowed))
+    unknown = sorted((set(config) - set(allowed)), key=repr)
+
     if unknown:
         raise CodecConfigError(
             f"codec {codec_id!r}: unknown parameter {unknown[0]!r} "

@@ -113,12 +113,17 @@ class Coordinator:
         self._connected = asyncio.Event()
         self._model_payload: bytes | None = None
         self._pending_events: deque[Event] = deque(maxlen=1000)
+        self.published_version = initial.version
+        # The strategy is touched from worker threads (updates, deadline ticks): one at a
+        # time, and never while a new version is being snapshotted.
+        self._strategy_lock = asyncio.Lock()
 
     # --- public -------------------------------------------------------------------------
 
     @property
     def version(self) -> int:
-        return self.strategy.version
+        """The last version published (the strategy may be one ahead while it publishes)."""
+        return self.published_version
 
     async def run(self) -> int:
         """Serve until stopped (SIGTERM, stop rule, or ``stop_event``); exit code 0."""
@@ -217,7 +222,10 @@ class Coordinator:
     async def _route(self, topic: str, payload: bytes) -> None:
         agent = self.topics.agent_of_update(topic)
         if agent is not None:
-            await self._queue.put((agent, payload))  # bounded: back-pressure, never a drop
+            # Bounded: when full, reading stops (aiomqtt's own queue then grows; per-agent
+            # limits are issue 4). Never a silent drop.
+            await self._queue.put((agent, payload))
+
             return
         agent = self.topics.agent_of_status(topic)
         if agent is not None and agent not in RESERVED_ACCOUNTS:
@@ -235,6 +243,8 @@ class Coordinator:
         self.agents[agent] = status
         was_online = previous is not None and previous.state != AgentState.OFFLINE
         is_online = status.state != AgentState.OFFLINE
+        if is_online != was_online:
+            self.strategy.agents_online_changed(self.agents_online)
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
@@ -247,11 +257,12 @@ class Coordinator:
     async def _worker(self) -> None:
         while True:
             agent, payload = await self._queue.get()
-            handled = await asyncio.to_thread(self._handle_update, agent, payload)
-            for event in handled.events:
-                await self._emit(event)
-            if handled.new_version:
-                await self._new_version_published()
+            async with self._strategy_lock:
+                handled = await asyncio.to_thread(self._handle_update, agent, payload)
+                for event in handled.events:
+                    await self._emit(event)
+                if handled.new_version:
+                    await self._new_version_published()
 
     def _reject(self, agent: str, reason: str, detail: str, **fields: Any) -> Handled:
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
@@ -323,7 +334,8 @@ class Coordinator:
     # --- versions -----------------------------------------------------------------------
 
     async def _new_version_published(self) -> None:
-        """Evaluate, checkpoint and publish the strategy's current model."""
+        """Evaluate, checkpoint and publish the strategy's current model (call with the
+        strategy lock held, or before any worker runs)."""
         model = self.strategy.model
         snapshot = {name: value.copy() for name, value in model.weights.items()}
         version = model.version
@@ -344,7 +356,9 @@ class Coordinator:
             GlobalModel(version, snapshot),
             {"accuracy": self.last_accuracy, "time": time.time()},
         )
+        self.published_version = version
         self.strategy.start_round(time.time(), self.agents_online)
+
         await self._publish(self.topics.model, self._model_payload, retain=True)
         await self._emit(
             Event(
@@ -421,8 +435,9 @@ class Coordinator:
 
     async def _ticker(self) -> None:
         async def tick() -> None:
-            if await asyncio.to_thread(self.strategy.tick, time.time()):
-                await self._new_version_published()
+            async with self._strategy_lock:
+                if await asyncio.to_thread(self.strategy.tick, time.time()):
+                    await self._new_version_published()
 
         await self._every(0.25, tick)
 

@@ -21,7 +21,7 @@ REASONS = (
     "late",  # a synchronous round already closed
     "already_in_round",  # a second update from one agent in one synchronous round
     "tensor_mismatch",  # tensor names or shapes differ from the model
-    "norm",  # update norm not finite, or beyond the configured limit
+    "norm",  # update norm not finite (beyond clip_norm an update is scaled down, not refused)
     "duplicate",  # an update id seen before (a redelivery or a replay)
     "paused",  # the job is paused or stopped
 )

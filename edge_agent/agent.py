@@ -139,7 +139,7 @@ class Agent:
             port=broker.port,
             username=broker.username or self.settings.agent_id,
             password=broker.password.get_secret_value() if broker.password else None,
-            identifier=f"fedmq-agent-{self.settings.agent_id}",
+            identifier=f"fedmq-agent-{self.settings.job}-{self.settings.agent_id}",
             clean_session=False,
             keepalive=broker.keepalive,
             timeout=broker.connect_timeout,
@@ -209,6 +209,7 @@ class Agent:
         except CodecError as error:
             log.error("ignoring invalid model: %s", error)
             self._set_status(AgentState.ERROR, error=f"invalid model: {error}")
+            await self._publish_status()
             return
         assert self.trainer is not None
         expected = {name: value.shape for name, value in self.trainer.weights().items()}
@@ -217,6 +218,7 @@ class Agent:
                 "ignoring model version %d: tensors do not match the local model", model.version
             )
             self._set_status(AgentState.ERROR, error="model does not match the local task")
+            await self._publish_status()
             return
         if self.model is not None and model.version <= self.model.version:
             return
@@ -254,8 +256,10 @@ class Agent:
                     update={"uploads_skipped": self.status.uploads_skipped + 1}
                 )
                 self._set_status(AgentState.IDLE)
+                await self._publish_status()
                 continue
             update_id, data = payload
+
             await self._send(update_id, data)
 
     def _compress(
@@ -307,6 +311,8 @@ class Agent:
     # --- status -------------------------------------------------------------------------
 
     def _set_status(self, state: AgentState, **changes: Any) -> None:
+        if state != AgentState.ERROR:
+            changes.setdefault("error", None)  # an old error does not outlive its state
         self.status = self.status.model_copy(
             update={"state": state, "heartbeat": time.time(), **changes}
         )

@@ -84,6 +84,9 @@ class Strategy(ABC):
     def start_round(self, now: float, agents_online: int) -> None:  # noqa: B027
         """A new version was published (sync strategies start a round; others need not)."""
 
+    def agents_online_changed(self, agents_online: int) -> None:  # noqa: B027
+        """Agents joined or left (a sync round may expect a different number)."""
+
     def _step(self, sums: Weights, normaliser: float, learning_rate: float) -> None:
         """weights += learning_rate * sums / normaliser; a new version."""
         factor = np.float32(learning_rate / normaliser)

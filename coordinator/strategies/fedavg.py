@@ -43,6 +43,12 @@ class FedAvg(Strategy):
         deadline = self.settings.deadline_seconds
         self._deadline = None if deadline is None else now + deadline
 
+    def agents_online_changed(self, agents_online: int) -> None:
+        """Without a configured count, a round expects the agents online now (a round
+        started before anyone connected must not close on the first update)."""
+        if self.settings.expected_agents is None:
+            self._expected = max(1, agents_online)
+
     def apply(self, contribution: Contribution, now: float) -> Outcome:
         staleness = self.staleness(contribution)
         if staleness > 0 and self.settings.late_updates == "drop":
