@@ -13,11 +13,15 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from broker.config import COORDINATOR, MONITOR, render_acl, render_mosquitto_conf
 from broker.errors import BrokerError
 from broker.provision import provision_account
 from configs.broker import BrokerConnection, MosquittoSettings
+
+if TYPE_CHECKING:
+    from broker.embedded import EmbeddedBroker
 
 
 def free_port() -> int:
@@ -185,3 +189,13 @@ class DevBroker:
         trace: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def local_broker(directory: Path, **options: Any) -> DevBroker | EmbeddedBroker:
+    """The local run's broker: Mosquitto when it is installed, else the embedded amqtt
+    broker (same accounts and ACL), so a pip-only machine can still run a federation."""
+    if mosquitto_binary() is not None:
+        return DevBroker(directory, **options)
+    from broker.embedded import EmbeddedBroker
+
+    return EmbeddedBroker(directory, **options)

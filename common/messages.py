@@ -22,7 +22,7 @@ MAX_JSON_BYTES = 64 * 1024
 class Message(BaseModel):
     # Unknown fields are ignored so that newer senders can add fields without breaking
     # older readers; every field that is present is validated.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -33,7 +33,7 @@ M = TypeVar("M", bound=Message)
 
 def parse(kind: type[M], payload: bytes | str) -> M:
     """Validate a received JSON message; ProtocolError names the first bad field."""
-    size = len(payload)
+    size = len(payload.encode()) if isinstance(payload, str) else len(payload)
     if size > MAX_JSON_BYTES:
         raise ProtocolError(f"{kind.__name__}: {size} bytes exceed {MAX_JSON_BYTES}")
     try:

@@ -72,21 +72,29 @@ def local(
         "output": output,
     }
     overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
-    if strategy is not None:
-        overrides["strategy"] = {"name": strategy}
-    if codec is not None:
-        if codec not in PRESETS:
-            exit_on_config_error(ConfigError(f"--codec: unknown preset {codec!r}"))
-        overrides["training"] = {"codec": get_codec(codec).get_config()}
     stop = {"target_accuracy": target_accuracy, "max_seconds": max_seconds}
     if any(v is not None for v in stop.values()):
         overrides["stop"] = {k: v for k, v in stop.items() if v is not None}
+    if codec is not None and codec not in PRESETS:
+        exit_on_config_error(ConfigError(f"--codec: unknown preset {codec!r}"))
     try:
         settings = load_settings(
             LocalRunSettings, config, env_prefix="FEDMQ_LOCAL", overrides=overrides
         )
+        # --strategy and --codec replace their whole section: another strategy's or
+        # codec's parameters from the file would not fit it
+        if strategy is not None and strategy != settings.strategy.name:
+            settings = LocalRunSettings.model_validate(
+                {**settings.model_dump(), "strategy": {"name": strategy}}
+            )
+        if codec is not None:
+            training = settings.training.model_copy(update={"codec": get_codec(codec).get_config()})
+            settings = settings.model_copy(update={"training": training})
     except ConfigError as error:
         exit_on_config_error(error)
+    except ValueError as error:  # pydantic's ValidationError on the replaced section
+        exit_on_config_error(ConfigError(f"--strategy/--codec: {error}"))
+
     from coordinator.local import run_local
 
     results = run_local(settings, live=live)

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import yaml
@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from broker.config import MONITOR
-from broker.dev import DevBroker
+from broker.dev import DevBroker, local_broker
 from common.errors import ProtocolError
 from common.messages import (
     AgentState,
@@ -45,7 +45,11 @@ from common.messages import (
 from common.topics import Topics
 from configs.local import LocalRunSettings
 
+if TYPE_CHECKING:
+    from broker.embedded import EmbeddedBroker
+
 PREFIX = "fedmq"
+
 MB = 1e6
 
 
@@ -86,7 +90,7 @@ class LocalFederation:
         self.output = settings.output.resolve()
         self.topics = Topics(PREFIX, settings.job)
         self.progress = Progress()
-        self.broker: DevBroker | None = None
+        self.broker: DevBroker | EmbeddedBroker | None = None
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.events_log: list[dict[str, Any]] = []
@@ -129,7 +133,7 @@ class LocalFederation:
                 start_new_session=True,
             )
 
-    def _write_configs(self, broker: DevBroker) -> None:
+    def _write_configs(self, broker: DevBroker | EmbeddedBroker) -> None:
         s = self.settings
         data = {"kind": "digits", "num_agents": s.agents, "alpha": s.alpha, "seed": s.seed}
         coordinator: dict[str, Any] = {
@@ -266,7 +270,7 @@ class LocalFederation:
         )
         return table
 
-    async def _monitor(self, broker: DevBroker, live: Live | None) -> str:
+    async def _monitor(self, broker: DevBroker | EmbeddedBroker, live: Live | None) -> str:
         """Follow the run until the coordinator is done or stopped, or time runs out;
         returns why it ended."""
         connection = broker.connection(MONITOR)
@@ -350,7 +354,8 @@ class LocalFederation:
     async def run(self, *, live: bool = True) -> dict[str, Any]:
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "logs").mkdir(exist_ok=True)
-        self.broker = broker = DevBroker(self.output / "broker", prefix=PREFIX)
+        self.broker = broker = local_broker(self.output / "broker", prefix=PREFIX)
+
         broker.start()
         ended = "interrupted"
         try:

@@ -4,6 +4,7 @@ shards, or one ``.npz`` file (``x``, ``y``) per device."""
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,19 +101,26 @@ def load_npz(path: Path) -> Dataset:
     try:
         if path.stat().st_size > MAX_NPZ_BYTES:
             raise TaskError(f"{path}: larger than {MAX_NPZ_BYTES} bytes")
-        with np.load(path, allow_pickle=False) as stored:
-            missing = {"x", "y"} - set(stored.files)
-            if missing:
-                raise TaskError(f"{path}: missing array {sorted(missing)[0]!r} (needs x and y)")
-            x, y = stored["x"], stored["y"]
+        with open(path, "rb") as handle:  # our handle: closed even when numpy gives up
+            stored = np.load(handle, allow_pickle=False)
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise TaskError(f"{path}: cannot read as .npz (a single array, not x and y)")
+            with stored:
+                missing = {"x", "y"} - set(stored.files)
+                if missing:
+                    raise TaskError(f"{path}: missing array {sorted(missing)[0]!r} (needs x, y)")
+                x, y = stored["x"], stored["y"]
     except TaskError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise TaskError(f"{path}: cannot read as .npz ({error})") from error
     if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
         raise TaskError(f"{path}: x must be numeric and y integer, got {x.dtype} and {y.dtype}")
-    if x.shape[0] != y.shape[0] or y.ndim != 1 or x.shape[0] == 0:
+    if x.ndim < 1:
+        raise TaskError(f"{path}: x has shape {x.shape}: it needs a sample axis")
+    if y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise TaskError(f"{path}: x has {x.shape[0]} samples, y has shape {y.shape}")
+
     if not np.isfinite(x).all():
         raise TaskError(f"{path}: x holds NaN or Inf")
     if y.min() < 0:

@@ -120,7 +120,7 @@ def test_model_versions_with_other_tensors_are_not_a_movement():
 # 1 x errors instead of 3 x 16.5.
 
 STEPS = (30.0, 2.0, 3.0, 4.0)
-BASE = {"history": 3, "weight": 0.6, "scale": 2.5, "error": 0.5, "last_error": 1.5}
+BASE: dict[str, Any] = {"history": 3, "weight": 0.6, "scale": 2.5, "error": 0.5, "last_error": 1.5}
 
 
 def threshold(history: int, weight: float, scale: float, error: float, last_error: float) -> float:
@@ -128,7 +128,7 @@ def threshold(history: int, weight: float, scale: float, error: float, last_erro
     return scale * weight / history * sum(movements) + 3.0 * (error + last_error)
 
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "base": {},
     "longer history": {"history": 4},
     "all history": {"history": 10},
