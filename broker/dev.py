@@ -4,31 +4,22 @@ with its files in a directory of its own. The local federation and the tests run
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from broker.config import COORDINATOR, MONITOR, render_acl, render_mosquitto_conf
 from broker.errors import BrokerError
+from broker.process import BrokerProcess
 from broker.provision import provision_account
-from configs.broker import BrokerConnection, MosquittoSettings
+from configs.broker import MosquittoSettings
 
 if TYPE_CHECKING:
     from broker.embedded import EmbeddedBroker
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def mosquitto_binary() -> str | None:
@@ -38,8 +29,10 @@ def mosquitto_binary() -> str | None:
     )
 
 
-class DevBroker:
-    """Start, stop and restart a private Mosquitto; provision accounts on it."""
+class DevBroker(BrokerProcess):
+    """A private Mosquitto; provision accounts on it."""
+
+    kind = "mosquitto"
 
     def __init__(
         self,
@@ -53,11 +46,8 @@ class DevBroker:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        super().__init__(directory, port=port, prefix=prefix)
         self.binary = binary
-        self.directory = directory.resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.prefix = prefix
         self.settings = MosquittoSettings(
             port=self.port,
             bind_address="127.0.0.1",
@@ -69,17 +59,9 @@ class DevBroker:
             log_dest=f"file {self.directory / 'mosquitto.log'}",
             run_as_root=os.geteuid() == 0,
         )
-        self.credentials_file = self.directory / "credentials.json"
-        self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
 
     # --- accounts ------------------------------------------------------------------------
-
-    def credentials(self) -> dict[str, str]:
-        if not self.credentials_file.exists():
-            return {}
-        stored: dict[str, str] = json.loads(self.credentials_file.read_text())
-        return stored
 
     def provision(self, name: str) -> str:
         """Create (or keep) an account; returns its password. Takes effect on a running
@@ -89,15 +71,9 @@ class DevBroker:
         created = provision_account(Path(self.settings.password_file), name, password=password)
         if created is not None:
             known[name] = created
-            self.credentials_file.write_text(json.dumps(known, indent=2))
-            os.chmod(self.credentials_file, 0o600)
+            self._remember(known)
             self._reload()
         return known[name]
-
-    def connection(self, name: str) -> BrokerConnection:
-        return BrokerConnection(
-            host="127.0.0.1", port=self.port, username=name, password=self.provision(name)
-        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -109,58 +85,20 @@ class DevBroker:
         for account in (COORDINATOR, MONITOR):
             self.provision(account)
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
-        self._process = subprocess.Popen(
+    def _launch(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [self.binary, "-c", str(self.directory / "mosquitto.conf")],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # it logs to mosquitto.log in its directory
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise BrokerError(
-                    f"mosquitto exited with {self._process.returncode}: {self._log_tail()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(
-            f"mosquitto did not listen on port {self.port} in {timeout} s: {self._log_tail()}"
-        )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
+    def _listening(self) -> bool:
         try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-        if process.stderr is not None:
-            process.stderr.close()
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL), as a power cut would."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def restart(self, timeout: float = 10.0) -> None:
-        self.stop()
-        self.start(timeout)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def _reload(self) -> None:
         if self.running:
@@ -170,25 +108,7 @@ class DevBroker:
     def _log_tail(self, lines: int = 8) -> str:
         log = self.directory / "mosquitto.log"
         text = log.read_text(errors="replace") if log.exists() else ""
-        if (
-            self._process is not None
-            and self._process.stderr is not None
-            and self._process.poll() is not None
-        ):
-            text += self._process.stderr.read().decode(errors="replace")
         return " | ".join(text.strip().splitlines()[-lines:]) or "(no log)"
-
-    def __enter__(self) -> DevBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def local_broker(directory: Path, **options: Any) -> DevBroker | EmbeddedBroker:

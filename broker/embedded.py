@@ -58,10 +58,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
@@ -74,11 +72,10 @@ from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from broker.config import COORDINATOR, MONITOR, render_acl
-from broker.dev import free_port
 from broker.errors import BrokerError
 from broker.passwords import new_password, read_password_file, write_password_file
+from broker.process import BrokerProcess
 from broker.provision import check_account_name
-from configs.broker import BrokerConnection
 
 ROOT = Path(__file__).resolve().parents[1]
 # Passwords are random 192-bit tokens, not words: the hash only has to be one-way, and cheap
@@ -313,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 # --- the parent: the same interface as DevBroker ----------------------------------------------
 
 
-class EmbeddedBroker:
-    """Start, stop and restart a private amqtt broker; provision accounts on it."""
+class EmbeddedBroker(BrokerProcess):
+    """A private amqtt broker; provision accounts on it."""
+
+    kind = "amqtt"
 
     def __init__(
         self,
@@ -325,28 +324,17 @@ class EmbeddedBroker:
         persistence: bool = True,
         max_packet_size: int = 64 * 1024 * 1024,
     ) -> None:
-        self.directory = directory.resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.prefix = prefix
+        super().__init__(directory, port=port, prefix=prefix)
         self.persistence = persistence
         self.max_packet_size = max_packet_size  # not enforced: amqtt has no such limit
-        self.credentials_file = self.directory / "credentials.json"
         self.password_file = self.directory / "amqtt.passwd"  # argon2, unlike Mosquitto's
         self.acl_file = self.directory / "amqtt-acl.json"
         self.config_file = self.directory / "amqtt.json"
         self.log_file = self.directory / "amqtt.log"
         self._ready_file = self.directory / "amqtt.ready"
-        self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
 
     # --- accounts ------------------------------------------------------------------------
-
-    def credentials(self) -> dict[str, str]:
-        if not self.credentials_file.exists():
-            return {}
-        stored: dict[str, str] = json.loads(self.credentials_file.read_text())
-        return stored
 
     def provision(self, name: str) -> str:
         """Create (or keep) an account; returns its password. Takes effect on a running
@@ -355,7 +343,7 @@ class EmbeddedBroker:
         known = self.credentials()
         if name not in known:
             known[name] = new_password()
-            _write_atomically(self.credentials_file, json.dumps(known, indent=2), 0o600)
+            self._remember(known)
         password = known[name]
         hashes = read_password_file(self.password_file)
         with contextlib.suppress(UnknownHashError):  # e.g. not an argon2 hash: replace it
@@ -370,11 +358,6 @@ class EmbeddedBroker:
         rules = json.dumps(access_rules(self.prefix, accounts), indent=2)
         if not self.acl_file.exists() or self.acl_file.read_text() != rules:
             _write_atomically(self.acl_file, rules, 0o640)
-
-    def connection(self, name: str) -> BrokerConnection:
-        return BrokerConnection(
-            host="127.0.0.1", port=self.port, username=name, password=self.provision(name)
-        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -399,13 +382,7 @@ class EmbeddedBroker:
             self.provision(account)
         self._write_acl(list(read_password_file(self.password_file)))  # e.g. a new prefix
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
+    def _launch(self) -> subprocess.Popen[bytes]:
         path = os.environ.get("PYTHONPATH")
         environment = {
             **os.environ,
@@ -414,7 +391,7 @@ class EmbeddedBroker:
         self._ready_file.unlink(missing_ok=True)
         command = [sys.executable, "-m", "broker.embedded", "--config", str(self.config_file)]
         with open(self.log_file, "ab") as log:  # the child keeps its own copy
-            self._process = subprocess.Popen(
+            return subprocess.Popen(
                 [*command, "--ready", str(self._ready_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -422,57 +399,15 @@ class EmbeddedBroker:
                 env=environment,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise BrokerError(
-                    f"amqtt exited with {self._process.returncode}: {self._log_tail()}"
-                )
-            if self._ready_file.exists():  # written once listening (a port probe would be
-                return  # logged as an error, and could reach another process on that port)
-            time.sleep(0.05)
-        self.stop()
-        raise BrokerError(
-            f"amqtt did not listen on port {self.port} in {timeout} s: {self._log_tail()}"
-        )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL), as a power cut would."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def restart(self, timeout: float = 10.0) -> None:
-        self.stop()
-        self.start(timeout)
+    def _listening(self) -> bool:
+        # the child writes this file once listening (a port probe would be logged as an
+        # error, and could reach another process on that port)
+        return self._ready_file.exists()
 
     def _log_tail(self, lines: int = 8) -> str:
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
         return " | ".join(text.strip().splitlines()[-lines:]) or "(no log)"
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

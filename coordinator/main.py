@@ -34,9 +34,9 @@ async def serve(settings: CoordinatorSettings) -> int:
     if stopping.is_set():
         return 0
     model = initial_model(settings, evaluator)
-    coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy)
-    coordinator.stop_event = stopping
+    coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy, stop_event=stopping)
     return await coordinator.run()
+
 
 
 def run(settings: CoordinatorSettings) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from common.messages import (
     RunState,
     parse,
 )
+from common.mqtt import Session
 from common.topics import Topics
 from configs.coordinator import CoordinatorSettings
 from coordinator import checkpoint
@@ -44,13 +44,7 @@ from coordinator.validation import Rejected, validate
 log = logging.getLogger("fedmq.coordinator")
 
 QUEUE_SIZE = 256
-BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 SHUTDOWN_SECONDS = 5.0
-
-
-def publish_timeout(size: int) -> float:
-    """10 s plus the payload at a pessimistic 1 MB/s: large models need longer."""
-    return 10.0 + size / 1e6
 
 
 @dataclass
@@ -94,6 +88,7 @@ class Coordinator:
         settings: CoordinatorSettings,
         initial: GlobalModel,
         evaluate: Callable[[dict[str, Any]], float | None] | None = None,
+        stop_event: asyncio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, settings.job)
@@ -107,10 +102,18 @@ class Coordinator:
         self.last_accuracy: float | None = None
         self.started_at = time.time()
         self.limits = DecodeLimits(max_payload_bytes=settings.max_update_bytes)
-        self.stop_event = asyncio.Event()
+        self.stop_event = stop_event or asyncio.Event()
+
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_SIZE)
-        self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
+        self.session = Session(
+            self._client_for,
+            [self.topics.all_updates, self.topics.all_agent_statuses],
+            on_message=self._route,
+            on_connect=self._publish_retained_state,
+            stop=self.stop_event,
+            log=log,
+            bytes_per_second=1e6,
+        )
         self._model_payload: bytes | None = None
         self._pending_events: deque[Event] = deque(maxlen=1000)
         self.published_version = initial.version
@@ -130,7 +133,7 @@ class Coordinator:
         self.state = CoordinatorState.RUNNING
         await self._new_version_published()
         tasks = [
-            asyncio.create_task(self._connection_loop(), name="connection"),
+            asyncio.create_task(self.session.run(), name="connection"),
             asyncio.create_task(self._worker(), name="worker"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._ticker(), name="ticker"),
@@ -164,44 +167,8 @@ class Coordinator:
             protocol=aiomqtt.ProtocolVersion.V311,
         )
 
-    async def _connection_loop(self) -> None:
-        backoff = BACKOFF_START
-        while not self.stop_event.is_set():
-            client = self._client_for()
-            try:
-                async with client:
-                    self._client = client
-                    await client.subscribe(self.topics.all_updates, qos=1)
-                    await client.subscribe(self.topics.all_agent_statuses, qos=1)
-                    self._connected.set()
-                    backoff = BACKOFF_START
-                    log.info(
-                        "connected to %s:%s", self.settings.broker.host, self.settings.broker.port
-                    )
-                    await self._publish_retained_state()
-                    async for message in client.messages:
-                        await self._route(str(message.topic), bytes(message.payload))
-            except aiomqtt.MqttError as error:
-                log.warning("broker connection lost (%s); retrying in %.1f s", error, backoff)
-            finally:
-                self._connected.clear()
-                self._client = None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        try:
-            await client.publish(
-                topic, payload, qos=1, retain=retain, timeout=publish_timeout(len(payload))
-            )
-        except aiomqtt.MqttError as error:
-            log.warning("publish to %s failed: %s", topic, error)
-            return False
-        return True
+        return await self.session.publish(topic, payload, retain=retain)
 
     async def _publish_retained_state(self) -> None:
         await self._publish(self.topics.control, self.control.to_json(), retain=True)

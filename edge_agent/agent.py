@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
 from common.errors import ProtocolError, TaskError
 from common.messages import AgentState, AgentStatus, Control, Mode, RunState, parse
+from common.mqtt import Session
 from common.tasks.data import Dataset, DigitsFederation, load_npz
 from common.tasks.models import Weights
 from common.topics import Topics
@@ -34,13 +34,7 @@ from edge_agent.trainer import Trainer
 
 log = logging.getLogger("fedmq.agent")
 
-BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 SHUTDOWN_SECONDS = 5.0
-
-
-def publish_timeout(size: int) -> float:
-    """10 s plus the payload at a pessimistic 100 kB/s (a Jetson on a thin uplink)."""
-    return 10.0 + size / 1e5
 
 
 def load_data(settings: AgentSettings) -> Dataset:
@@ -70,8 +64,16 @@ class Agent:
         self.feedback = ErrorFeedback()
         self.lazy = LazyUploader()
         self._changed = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
+        # a Jetson on a thin uplink: publish timeouts assume 100 kB/s
+        self.session = Session(
+            self._new_client,
+            [self.topics.model, self.topics.control],
+            on_message=self._route,
+            on_connect=self._publish_status,
+            stop=self.stop_event,
+            log=log,
+            bytes_per_second=1e5,
+        )
         self._last_trained_base: int | None = None
         self._limits = DecodeLimits()
 
@@ -91,7 +93,7 @@ class Agent:
             return 1
         log.info("%s ready: %d samples", self.settings.agent_id, data.size)
         tasks = [
-            asyncio.create_task(self._connection_loop(), name="connection"),
+            asyncio.create_task(self.session.run(), name="connection"),
             asyncio.create_task(self._training_loop(), name="training"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
@@ -152,40 +154,8 @@ class Agent:
             protocol=aiomqtt.ProtocolVersion.V311,
         )
 
-    async def _connection_loop(self) -> None:
-        backoff = BACKOFF_START
-        while not self.stop_event.is_set():
-            try:
-                async with self._new_client() as client:
-                    self._client = client
-                    await client.subscribe(self.topics.model, qos=1)
-                    await client.subscribe(self.topics.control, qos=1)
-                    self._connected.set()
-                    backoff = BACKOFF_START
-                    await self._publish_status()
-                    async for message in client.messages:
-                        await self._route(str(message.topic), bytes(message.payload))
-            except aiomqtt.MqttError as error:
-                log.warning("broker connection lost (%s); retrying in %.1f s", error, backoff)
-            finally:
-                self._connected.clear()
-                self._client = None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        try:
-            await client.publish(
-                topic, payload, qos=1, retain=retain, timeout=publish_timeout(len(payload))
-            )
-        except aiomqtt.MqttError as error:
-            log.warning("publish to %s failed: %s", topic, error)
-            return False
-        return True
+        return await self.session.publish(topic, payload, retain=retain)
 
     async def _route(self, topic: str, payload: bytes) -> None:
         if topic == self.topics.control:
@@ -293,7 +263,7 @@ class Agent:
         """Publish with QoS 1, waiting for the broker if it is away (never dropped)."""
         topic = self.topics.update(self.settings.agent_id)
         while not self.stop_event.is_set():
-            await self._connected.wait()
+            await self.session.connected.wait()
             if await self._publish(topic, payload):
                 self.status = self.status.model_copy(
                     update={
