@@ -14,6 +14,7 @@ from broker.config import render_acl, render_mosquitto_conf
 from broker.dev import DevBroker
 from broker.errors import BrokerError
 from broker.provision import provision_account
+from common.cli import run_app
 from configs.broker import MosquittoSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -83,8 +84,4 @@ def dev(
 
 
 def main() -> int:
-    try:
-        app()
-    except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-    return 0
+    return run_app(app)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from codec import CodecError, get_codec
 from common.errors import ProtocolError
+from common.validation import first_problem
 
 MAX_JSON_BYTES = 64 * 1024
 
@@ -39,9 +40,7 @@ def parse(kind: type[M], payload: bytes | str) -> M:
     try:
         return kind.model_validate_json(payload)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "message"
-        raise ProtocolError(f"{kind.__name__}.{where}: {first['msg']}") from error
+        raise ProtocolError(f"{kind.__name__}.{first_problem(error, 'message')}") from error
 
 
 # --- agent --------------------------------------------------------------------------------

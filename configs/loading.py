@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from common.validation import first_problem
 from configs.errors import ConfigError
 
 S = TypeVar("S", bound=BaseModel)
@@ -100,9 +101,7 @@ def load_settings(
     try:
         return kind.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ConfigError(f"{source}: {where}: {first['msg']}") from error
+        raise ConfigError(f"{source}: {first_problem(error)}") from error
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:

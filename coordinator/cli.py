@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import run_app
 from configs.coordinator import CoordinatorSettings
 from configs.errors import ConfigError
 from configs.loading import exit_on_config_error, load_settings
@@ -102,8 +103,4 @@ def local(
 
 
 def main() -> int:
-    try:
-        app()
-    except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-    return 0
+    return run_app(app)

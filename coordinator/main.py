@@ -38,6 +38,5 @@ async def serve(settings: CoordinatorSettings) -> int:
     return await coordinator.run()
 
 
-
 def run(settings: CoordinatorSettings) -> int:
     return asyncio.run(serve(settings))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import run_app
 from configs.agent import AgentSettings
 from configs.errors import ConfigError
 from configs.loading import exit_on_config_error, load_settings
@@ -36,8 +37,4 @@ def run(
 
 
 def main() -> int:
-    try:
-        app()
-    except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-    return 0
+    return run_app(app)
