@@ -25,3 +25,7 @@ class AgentSettings(BaseModel):
     )
     threads: int | None = Field(1, ge=1, description="TensorFlow thread pools; None = all")
     seed: int | None = Field(None, description="None draws fresh randomness for each round")
+    nice: int = Field(
+        0, ge=0, le=19, description="lower the process priority (a shared machine, a local run)"
+    )
+

@@ -172,6 +172,9 @@ class LocalFederation:
                 "heartbeat_seconds": 2.0,
                 "slowdown": s.slowdown if name in stragglers else 1.0,
                 "threads": 1,
+                # agents yield the CPU to the coordinator: on one machine it serves them all
+                "nice": 10,
+
             }
             (self.output / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(agent))
 

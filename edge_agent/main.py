@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from configs.agent import AgentSettings
@@ -10,6 +11,9 @@ from edge_agent.agent import Agent
 
 
 async def serve(settings: AgentSettings) -> int:
+    if settings.nice:
+        os.nice(settings.nice)
+
     agent = Agent(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
