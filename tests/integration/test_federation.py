@@ -36,9 +36,15 @@ def test_fedbuff_reaches_90_percent_and_a_straggler_never_blocks(tmp_path: Path)
         agents=4,
         stragglers=1,
         slowdown=5,
+        dropouts=1,  # agent-00 leaves two seconds into training, for a while
+        dropout_after_seconds=2,
+        dropout_for_seconds=5,
         strategy={"name": "fedbuff", "buffer_size": 3},
         stop={"target_accuracy": 0.9, "max_versions": 150, "max_seconds": 180},
     )
+    left = [e for e in events if e["type"] == "agent_left"]
+    assert [e["agent"] for e in left][:1] == ["agent-00"]
+
     assert results["ended"] == "done"
     reached = results["reached"]["0.90"]
     assert reached is not None, results

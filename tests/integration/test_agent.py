@@ -1,0 +1,82 @@
+"""The agent as a process: clean shutdown on SIGTERM, clear errors for bad data or config."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.dev import DevBroker
+from common.topics import Topics
+from tests.integration.conftest import Listener, environment
+
+TOPICS = Topics("fedmq", "agenttest")
+
+
+def start_agent(
+    broker: DevBroker, directory: Path, name: str, **settings: Any
+) -> subprocess.Popen[bytes]:
+    config = {
+        "agent_id": name,
+        "job": "agenttest",
+        "broker": {
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "username": name,
+            "password": broker.provision(name),
+        },
+        "heartbeat_seconds": 0.5,
+        **settings,
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with open(directory / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "--config", str(path)],
+            env=environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def statuses(broker: DevBroker, name: str, until: Any, timeout: float = 90) -> list[dict[str, Any]]:
+    async def watch() -> list[dict[str, Any]]:
+        async with Listener(broker, "monitor", TOPICS.agent_status(name)) as seen:
+            await seen.wait_for(lambda: until(seen.json("/status")), timeout)
+            return seen.json("/status")
+
+    return asyncio.run(watch())
+
+
+def test_sigterm_publishes_offline_and_exits_0(broker: DevBroker, tmp_path: Path):
+    process = start_agent(broker, tmp_path, "agent-term")
+    seen = statuses(broker, "agent-term", lambda s: any(x["state"] == "online" for x in s))
+    assert any(s["state"] == "online" for s in seen), (tmp_path / "agent-term.log").read_text()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    final = statuses(broker, "agent-term", lambda s: bool(s), timeout=10)  # retained
+    assert final[-1]["state"] == "offline"
+
+
+def test_missing_data_is_an_error_status_with_its_reason(broker: DevBroker, tmp_path: Path):
+    missing = tmp_path / "nowhere.npz"
+    process = start_agent(
+        broker, tmp_path, "agent-nodata", task={"data": {"kind": "npz", "path": str(missing)}}
+    )
+    assert process.wait(90) == 1
+    final = statuses(broker, "agent-nodata", lambda s: bool(s), timeout=10)
+    assert final[-1]["state"] == "error"
+    assert "nowhere.npz" in final[-1]["error"]
+    assert "nowhere.npz" in (tmp_path / "agent-nodata.log").read_text()
+
+
+def test_bad_config_exits_2_with_one_line(broker: DevBroker, tmp_path: Path):
+    process = start_agent(broker, tmp_path, "agent-bad", slowdown=0.5)
+    assert process.wait(60) == 2
+    lines = [line for line in (tmp_path / "agent-bad.log").read_text().splitlines() if line]
+    assert len(lines) == 1 and "slowdown" in lines[0]
