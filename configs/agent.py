@@ -28,4 +28,3 @@ class AgentSettings(BaseModel):
     nice: int = Field(
         0, ge=0, le=19, description="lower the process priority (a shared machine, a local run)"
     )
-

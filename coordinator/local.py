@@ -174,7 +174,6 @@ class LocalFederation:
                 "threads": 1,
                 # agents yield the CPU to the coordinator: on one machine it serves them all
                 "nice": 10,
-
             }
             (self.output / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(agent))
 
