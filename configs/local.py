@@ -28,7 +28,7 @@ class LocalRunSettings(BaseModel):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     stop: StopSettings = Field(
         default_factory=lambda: StopSettings(
-            target_accuracy=0.95, max_versions=200, max_seconds=240
+            target_accuracy=0.95, max_versions=2000, max_seconds=240
         )
     )
     output: Path = Path("results/local")
