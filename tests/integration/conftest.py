@@ -12,15 +12,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import pytest
 import yaml
 
 from broker.dev import DevBroker, mosquitto_binary
+from broker.embedded import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class BrokerLike(Protocol):
+    """What the helpers need of a test broker (Mosquitto's DevBroker, or EmbeddedBroker)."""
+
+    port: int
+
+    def provision(self, name: str) -> str: ...
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +42,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
     instance.stop()
 
 
-def credentials(broker: DevBroker, name: str) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The amqtt fallback, with the same accounts and ACL."""
+    instance = EmbeddedBroker(tmp_path_factory.mktemp("embedded"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def credentials(broker: BrokerLike, name: str) -> dict[str, Any]:
     return {
         "hostname": "127.0.0.1",
         "port": broker.port,
@@ -54,7 +72,7 @@ def environment() -> dict[str, str]:
 class Listener:
     """Collects messages on some topics in the background (a real MQTT client)."""
 
-    def __init__(self, broker: DevBroker, account: str, *topics: str) -> None:
+    def __init__(self, broker: BrokerLike, account: str, *topics: str) -> None:
         self.broker, self.account, self.topics = broker, account, topics
         self.messages: list[tuple[str, bytes]] = []
         self._task: asyncio.Task[None] | None = None

@@ -11,12 +11,29 @@ import aiomqtt
 import pytest
 
 from broker.dev import DevBroker
+from broker.embedded import EmbeddedBroker
 from broker.passwords import hash_password, read_password_file, verify_password
 from common.messages import AgentState, AgentStatus, parse
 from common.topics import Topics
-from tests.integration.conftest import Listener, credentials
+from tests.integration.conftest import BrokerLike, Listener, credentials
 
 TOPICS = Topics("fedmq", "acl")
+EVERYTHING = (  # explicit filters: amqtt grants a filter only inside one allowed pattern
+    TOPICS.all_updates,
+    TOPICS.all_agent_statuses,
+    TOPICS.model,
+    TOPICS.control,
+    TOPICS.coordinator_status,
+    TOPICS.events,
+)
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def any_broker(
+    request: pytest.FixtureRequest, broker: DevBroker, embedded_broker: EmbeddedBroker
+) -> BrokerLike:
+    """The same access contract holds on Mosquitto and on the embedded fallback."""
+    return broker if request.param == "mosquitto" else embedded_broker
 
 
 def test_password_hashes_are_interchangeable_with_mosquitto_passwd(tmp_path: Path):
@@ -33,28 +50,28 @@ def test_password_hashes_are_interchangeable_with_mosquitto_passwd(tmp_path: Pat
     [{}, {"username": "agent-x", "password": "wrong"}, {"username": "nobody", "password": "x"}],
     ids=["anonymous", "wrong-password", "unknown-user"],
 )
-def test_unauthenticated_clients_are_refused(broker: DevBroker, login: dict[str, str]):
+def test_unauthenticated_clients_are_refused(any_broker: BrokerLike, login: dict[str, str]):
     async def connect() -> None:
         username, password = login.get("username"), login.get("password")
         async with aiomqtt.Client(
-            "127.0.0.1", broker.port, username=username, password=password, timeout=5
+            "127.0.0.1", any_broker.port, username=username, password=password, timeout=5
         ):
             pass
 
-    broker.provision("agent-x")
+    any_broker.provision("agent-x")
     with pytest.raises(aiomqtt.MqttError):
         asyncio.run(connect())
 
 
 async def publish_as(
-    broker: DevBroker, account: str, messages: list[tuple[str, bytes]], *, retain: bool = False
+    any_broker: BrokerLike, account: str, messages: list[tuple[str, bytes]], *, retain: bool = False
 ) -> None:
-    async with aiomqtt.Client(**credentials(broker, account)) as client:
+    async with aiomqtt.Client(**credentials(any_broker, account)) as client:
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1, retain=retain)
 
 
-def test_agent_writes_only_its_own_topics(broker: DevBroker):
+def test_agent_writes_only_its_own_topics(any_broker: BrokerLike):
     forbidden = [
         (TOPICS.update("agent-b"), b"forged update"),
         (TOPICS.agent_status("agent-b"), b'{"forged": true}'),
@@ -69,8 +86,8 @@ def test_agent_writes_only_its_own_topics(broker: DevBroker):
     ]
 
     async def scenario() -> list[tuple[str, bytes]]:
-        async with Listener(broker, "coordinator", "fedmq/acl/#") as seen:
-            await publish_as(broker, "agent-a", forbidden + allowed)
+        async with Listener(any_broker, "coordinator", *EVERYTHING) as seen:
+            await publish_as(any_broker, "agent-a", forbidden + allowed)
             # one client's QoS 1 messages arrive in order: once the last allowed one is in,
             # every forbidden one would have been too
             await seen.wait_for(lambda: any(p == b'{"own": true}' for _, p in seen.messages), 10)
@@ -80,13 +97,13 @@ def test_agent_writes_only_its_own_topics(broker: DevBroker):
     assert set(received) == set(allowed)
 
 
-def test_agent_cannot_read_other_agents_updates(broker: DevBroker):
+def test_agent_cannot_read_other_agents_updates(any_broker: BrokerLike):
     async def scenario() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
         async with (
-            Listener(broker, "agent-a", TOPICS.all_updates) as spy,
-            Listener(broker, "coordinator", TOPICS.all_updates) as coordinator,
+            Listener(any_broker, "agent-a", TOPICS.all_updates) as spy,
+            Listener(any_broker, "coordinator", TOPICS.all_updates) as coordinator,
         ):
-            await publish_as(broker, "agent-b", [(TOPICS.update("agent-b"), b"private")])
+            await publish_as(any_broker, "agent-b", [(TOPICS.update("agent-b"), b"private")])
             await coordinator.wait_for(lambda: coordinator.messages, 10)
             await asyncio.sleep(0.5)
             return spy.messages, coordinator.messages
@@ -96,10 +113,10 @@ def test_agent_cannot_read_other_agents_updates(broker: DevBroker):
     assert spied == []
 
 
-def test_monitor_reads_status_with_the_real_mosquitto_sub(broker: DevBroker):
+def test_monitor_reads_status_with_the_real_mosquitto_sub(any_broker: BrokerLike):
     status = AgentStatus(agent="agent-s", state=AgentState.TRAINING, base_version=7)
     message = (TOPICS.agent_status("agent-s"), status.to_json())
-    asyncio.run(publish_as(broker, "agent-s", [message], retain=True))
+    asyncio.run(publish_as(any_broker, "agent-s", [message], retain=True))
     # retained: a later reader still gets it
     result = subprocess.run(
         [
@@ -107,11 +124,11 @@ def test_monitor_reads_status_with_the_real_mosquitto_sub(broker: DevBroker):
             "-h",
             "127.0.0.1",
             "-p",
-            str(broker.port),
+            str(any_broker.port),
             "-u",
             "monitor",
             "-P",
-            broker.provision("monitor"),
+            any_broker.provision("monitor"),
             "-t",
             TOPICS.all_agent_statuses,
             "-v",
@@ -132,7 +149,7 @@ def test_monitor_reads_status_with_the_real_mosquitto_sub(broker: DevBroker):
     assert json.loads(payload)["state"] == "training"
 
 
-def test_monitor_cannot_write_agent_or_coordinator_topics(broker: DevBroker):
+def test_monitor_cannot_write_agent_or_coordinator_topics(any_broker: BrokerLike):
     """(The pattern ACL lets every account write its *own* agent topics, so the monitor could
     write agents/monitor/status: the coordinator ignores service accounts' agent topics.)"""
     forged = [
@@ -144,9 +161,9 @@ def test_monitor_cannot_write_agent_or_coordinator_topics(broker: DevBroker):
     ]
 
     async def scenario() -> list[tuple[str, bytes]]:
-        async with Listener(broker, "coordinator", "fedmq/acl/#") as seen:
-            await publish_as(broker, "monitor", forged)
-            await publish_as(broker, "agent-m", [(TOPICS.agent_status("agent-m"), b"ok")])
+        async with Listener(any_broker, "coordinator", *EVERYTHING) as seen:
+            await publish_as(any_broker, "monitor", forged)
+            await publish_as(any_broker, "agent-m", [(TOPICS.agent_status("agent-m"), b"ok")])
             await seen.wait_for(lambda: any(p == b"ok" for _, p in seen.messages), 10)
             return [(t, p) for t, p in seen.messages if p in (b"forged", b"ok")]
 

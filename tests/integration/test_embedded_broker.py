@@ -8,16 +8,12 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import aiomqtt
 import pytest
 
-from broker.dev import DevBroker
 from broker.embedded import EmbeddedBroker, access_rules
-from common.messages import AgentState, AgentStatus, parse
 from common.topics import Topics
 from tests.integration.conftest import Listener, credentials, environment
 
@@ -32,23 +28,15 @@ EVERYTHING = (  # all a coordinator may read: test_broker.py's fedmq/acl/# topic
 )
 
 
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    instance = EmbeddedBroker(tmp_path_factory.mktemp("embedded"))
-    instance.start()
-    yield instance
-    instance.stop()
-
-
-def dev(broker: EmbeddedBroker) -> DevBroker:
-    """conftest's helpers are annotated with DevBroker but use only .port and .provision()."""
-    return cast(DevBroker, broker)
+@pytest.fixture
+def embedded(embedded_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return embedded_broker
 
 
 async def publish_as(
     broker: EmbeddedBroker, account: str, messages: list[tuple[str, bytes]], *, retain: bool = False
 ) -> None:
-    async with aiomqtt.Client(**credentials(dev(broker), account)) as client:
+    async with aiomqtt.Client(**credentials(broker, account)) as client:
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1, retain=retain)
 
@@ -75,88 +63,6 @@ def test_access_rules_expand_render_acl_per_account():
     ]
 
 
-@pytest.mark.parametrize(
-    "login",
-    [{}, {"username": "agent-x", "password": "wrong"}, {"username": "nobody", "password": "x"}],
-    ids=["anonymous", "wrong-password", "unknown-user"],
-)
-def test_unauthenticated_clients_are_refused(embedded: EmbeddedBroker, login: dict[str, str]):
-    async def connect() -> None:
-        username, password = login.get("username"), login.get("password")
-        async with aiomqtt.Client(
-            "127.0.0.1", embedded.port, username=username, password=password, timeout=5
-        ):
-            pass
-
-    embedded.provision("agent-x")
-    with pytest.raises(aiomqtt.MqttError):
-        asyncio.run(connect())
-
-
-def test_agent_writes_only_its_own_topics(embedded: EmbeddedBroker):
-    forbidden = [
-        (TOPICS.update("agent-b"), b"forged update"),
-        (TOPICS.agent_status("agent-b"), b'{"forged": true}'),
-        (TOPICS.model, b"forged model"),
-        (TOPICS.control, b'{"state": "stop"}'),
-        (TOPICS.coordinator_status, b'{"forged": true}'),
-        (TOPICS.events, b'{"forged": true}'),
-    ]
-    allowed = [
-        (TOPICS.update("agent-a"), b"own update"),
-        (TOPICS.agent_status("agent-a"), b'{"own": true}'),
-    ]
-
-    async def scenario() -> list[tuple[str, bytes]]:
-        async with Listener(dev(embedded), "coordinator", *EVERYTHING) as seen:
-            await publish_as(embedded, "agent-a", forbidden + allowed)
-            await seen.wait_for(lambda: len(seen.messages) >= len(allowed), 10)
-            await asyncio.sleep(0.3)  # room for anything forbidden to arrive
-            return list(seen.messages)
-
-    received = asyncio.run(scenario())
-    assert sorted(received) == sorted(allowed)
-
-
-def test_coordinator_receives_updates_and_agents_do_not(embedded: EmbeddedBroker):
-    """(agent-b is provisioned only now, with the broker running: it works at once.)"""
-
-    async def scenario() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[int]]:
-        async with aiomqtt.Client(**credentials(dev(embedded), "agent-a")) as client:
-            codes = await client.subscribe(TOPICS.all_updates, qos=1)
-        async with (
-            Listener(dev(embedded), "agent-a", TOPICS.all_updates, TOPICS.model) as spy,
-            Listener(dev(embedded), "coordinator", TOPICS.all_updates) as coordinator,
-        ):
-            await publish_as(embedded, "agent-b", [(TOPICS.update("agent-b"), b"private")])
-            await coordinator.wait_for(lambda: coordinator.messages, 10)
-            await asyncio.sleep(0.5)
-            values = [c if isinstance(c, int) else c.value for c in codes]
-            return spy.messages, coordinator.messages, values
-
-    spied, delivered, codes = asyncio.run(scenario())
-    assert codes == [0x80]  # the subscription is refused outright
-    assert delivered == [(TOPICS.update("agent-b"), b"private")]
-    assert spied == []
-
-
-def test_monitor_reads_retained_status(embedded: EmbeddedBroker):
-    status = AgentStatus(agent="agent-s", state=AgentState.TRAINING, base_version=7)
-    message = (TOPICS.agent_status("agent-s"), status.to_json())
-
-    async def scenario() -> list[tuple[str, bytes]]:
-        await publish_as(embedded, "agent-s", [message], retain=True)
-        # retained: a later reader still gets it
-        async with Listener(dev(embedded), "monitor", TOPICS.all_agent_statuses) as monitor:
-            await monitor.wait_for(lambda: monitor.messages, 10)
-            return monitor.messages
-
-    [(topic, payload)] = asyncio.run(scenario())
-    assert topic == TOPICS.agent_status("agent-s")
-    seen = parse(AgentStatus, payload)
-    assert (seen.agent, seen.state, seen.base_version) == ("agent-s", AgentState.TRAINING, 7)
-
-
 def test_retained_messages_reach_only_their_readers(embedded: EmbeddedBroker):
     """amqtt 0.12.1 itself sends a connecting client the retained messages of every filter
     anyone holds (here the monitor's agent statuses); agent-c must get the model only."""
@@ -165,9 +71,9 @@ def test_retained_messages_reach_only_their_readers(embedded: EmbeddedBroker):
 
     async def scenario() -> list[tuple[str, bytes]]:
         await publish_as(embedded, "agent-r", [status], retain=True)
-        async with Listener(dev(embedded), "monitor", TOPICS.all_agent_statuses) as monitor:
+        async with Listener(embedded, "monitor", TOPICS.all_agent_statuses) as monitor:
             await monitor.wait_for(lambda: status in monitor.messages, 10)
-            async with Listener(dev(embedded), "agent-c", TOPICS.model) as agent:
+            async with Listener(embedded, "agent-c", TOPICS.model) as agent:
                 await publish_as(embedded, "coordinator", [model], retain=True)
                 await agent.wait_for(lambda: agent.messages, 10)
                 await asyncio.sleep(0.5)
@@ -179,7 +85,7 @@ def test_retained_messages_reach_only_their_readers(embedded: EmbeddedBroker):
 def test_last_will_must_be_on_a_topic_the_account_may_publish(embedded: EmbeddedBroker):
     async def connect(will_topic: str) -> None:
         will = aiomqtt.Will(will_topic, b"offline", qos=1, retain=True)
-        async with aiomqtt.Client(**credentials(dev(embedded), "agent-w"), will=will, timeout=5):
+        async with aiomqtt.Client(**credentials(embedded, "agent-w"), will=will, timeout=5):
             pass
 
     asyncio.run(connect(TOPICS.agent_status("agent-w")))
@@ -191,7 +97,7 @@ def test_last_will_must_be_on_a_topic_the_account_may_publish(embedded: Embedded
 def test_a_client_id_stays_with_its_account(embedded: EmbeddedBroker):
     async def connect(account: str) -> None:
         async with aiomqtt.Client(
-            **credentials(dev(embedded), account),
+            **credentials(embedded, account),
             identifier="fedmq-coordinator-emb",
             clean_session=False,
             timeout=5,
@@ -209,7 +115,7 @@ def test_retained_messages_and_restarts(tmp_path: Path, persistence: bool):
     message = (TOPICS.agent_status("agent-p"), b'{"kept": true}')
 
     async def read_statuses(broker: EmbeddedBroker) -> list[tuple[str, bytes]]:
-        async with Listener(dev(broker), "monitor", TOPICS.all_agent_statuses) as monitor:
+        async with Listener(broker, "monitor", TOPICS.all_agent_statuses) as monitor:
             await monitor.wait_for(lambda: monitor.messages, 1 if not persistence else 10)
             return monitor.messages
 
