@@ -201,7 +201,9 @@ def zero_scale_codes_are_zero(
     zero = scales == 0
     if not zero.any():
         return True
-    in_zero_bucket = zero[np.arange(size, dtype=np.int64) // bucket]
+    # one byte per element, whatever the bucket size
+    in_zero_bucket = np.repeat(zero, bucket)[:size] if bucket <= size else np.full(size, zero[0])
+
     if bits == 8:
         return not codes[in_zero_bucket].any()
     fields = np.unpackbits(codes, bitorder="little")[: size * bits].reshape(size, bits)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,7 +356,16 @@ class LocalFederation:
 
     async def run(self, *, live: bool = True) -> dict[str, Any]:
         self.output.mkdir(parents=True, exist_ok=True)
+        # every run starts fresh: no checkpoint, retained model or log of an earlier run
+        for stale in ("state", "broker", "logs"):
+            shutil.rmtree(self.output / stale, ignore_errors=True)
         (self.output / "logs").mkdir(exist_ok=True)
+        this = asyncio.current_task()
+        assert this is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop the children, not orphan them
+            loop.add_signal_handler(sig, this.cancel)
+
         self.broker = broker = local_broker(self.output / "broker", prefix=PREFIX)
 
         broker.start()

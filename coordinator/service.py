@@ -101,7 +101,13 @@ class Coordinator:
         self.agents: dict[str, AgentStatus] = {}
         self.last_accuracy: float | None = None
         self.started_at = time.time()
-        self.limits = DecodeLimits(max_payload_bytes=settings.max_update_bytes)
+        # an update can never hold more elements than the model: refused before allocating
+        self.limits = DecodeLimits(
+            max_payload_bytes=settings.max_update_bytes,
+            max_total_elements=max(1, sum(v.size for v in initial.weights.values())),
+            max_tensors=max(1, len(initial.weights)),
+        )
+
         self.stop_event = stop_event or asyncio.Event()
 
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_SIZE)
@@ -140,12 +146,14 @@ class Coordinator:
         ]
         stopper = asyncio.create_task(self.stop_event.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
         for task in done:
             if task is not stopper and task.exception() is not None:
                 log.error("task %s failed", task.get_name(), exc_info=task.exception())
+                code = 1  # a runtime failure: systemd restarts on it, a config error it does not
         await self._shutdown(tasks)
         stopper.cancel()
-        return 0
+        return code
 
     # --- connection ---------------------------------------------------------------------
 
@@ -211,7 +219,8 @@ class Coordinator:
         was_online = previous is not None and previous.state != AgentState.OFFLINE
         is_online = status.state != AgentState.OFFLINE
         if is_online != was_online:
-            self.strategy.agents_online_changed(self.agents_online)
+            async with self._strategy_lock:
+                self.strategy.agents_online_changed(self.agents_online)
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:

@@ -67,15 +67,18 @@ def validate(
             "future_version",
             f"base version {update.base_version} > current version {model.version}",
         )
-    shapes = {t.name: t.shape for t in update.tensors}
-    expected = {name: value.shape for name, value in model.weights.items()}
+    shapes = {t.name: (t.shape, t.dtype) for t in update.tensors}
+    expected = {name: (value.shape, value.dtype.name) for name, value in model.weights.items()}
+
     if shapes != expected:
         missing = sorted(set(expected) - set(shapes))
         extra = sorted(set(shapes) - set(expected))
         wrong = sorted(n for n in set(shapes) & set(expected) if shapes[n] != expected[n])
         raise Rejected(
-            "tensor_mismatch", f"missing {missing}, unexpected {extra}, wrong shape {wrong}"
+            "tensor_mismatch",
+            f"missing {missing}, unexpected {extra}, wrong shape or dtype {wrong}",
         )
+
     scale = 1.0
     if clip_norm is not None:
         norm = update_norm(update)

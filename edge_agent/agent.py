@@ -28,6 +28,7 @@ from common.tasks.models import Weights
 from common.topics import Topics
 from configs.agent import AgentSettings
 from configs.task import DigitsData
+from edge_agent.errors import AgentError
 from edge_agent.feedback import ErrorFeedback
 from edge_agent.laq import LazyUploader, squared_norm
 from edge_agent.trainer import Trainer
@@ -76,6 +77,7 @@ class Agent:
         )
         self._last_trained_base: int | None = None
         self._limits = DecodeLimits()
+        self._expected_shapes: dict[str, tuple[int, ...]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -91,6 +93,7 @@ class Agent:
             self._set_status(AgentState.ERROR, error=str(error))
             await self._report_once()
             return 1
+        self._expected_shapes = {n: v.shape for n, v in self.trainer.weights().items()}
         log.info("%s ready: %d samples", self.settings.agent_id, data.size)
         tasks = [
             asyncio.create_task(self.session.run(), name="connection"),
@@ -109,6 +112,8 @@ class Agent:
         return code
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        if self.trainer is not None:
+            self.trainer.cancel()  # a fit in its thread stops after the current batch
         for task in tasks:
             if task.get_name() != "connection":
                 task.cancel()
@@ -172,28 +177,29 @@ class Agent:
         elif topic == self.topics.model:
             await self._on_model(payload)
 
+    def _decode_model(self, payload: bytes) -> ReceivedModel:
+        """Worker thread: decode and check a received model (AgentError if unusable)."""
+        try:
+            model = decode_model(payload, limits=self._limits)
+        except CodecError as error:
+            raise AgentError(f"invalid model: {error}") from error
+        weights = {t.name: t.decode() for t in model.tensors}
+        if {name: value.shape for name, value in weights.items()} != self._expected_shapes:
+            raise AgentError(f"model version {model.version} does not match the local task")
+        return ReceivedModel(model.version, weights)
+
     async def _on_model(self, payload: bytes) -> None:
         try:
-            model = await asyncio.to_thread(decode_model, payload, limits=self._limits)
-            weights = {t.name: t.decode() for t in model.tensors}
-        except CodecError as error:
-            log.error("ignoring invalid model: %s", error)
-            self._set_status(AgentState.ERROR, error=f"invalid model: {error}")
+            received = await asyncio.to_thread(self._decode_model, payload)
+        except AgentError as error:
+            log.error("ignoring the model: %s", error)
+            self._set_status(AgentState.ERROR, error=str(error))
             await self._publish_status()
             return
-        assert self.trainer is not None
-        expected = {name: value.shape for name, value in self.trainer.weights().items()}
-        if {name: value.shape for name, value in weights.items()} != expected:
-            log.error(
-                "ignoring model version %d: tensors do not match the local model", model.version
-            )
-            self._set_status(AgentState.ERROR, error="model does not match the local task")
-            await self._publish_status()
+        if self.model is not None and received.version <= self.model.version:
             return
-        if self.model is not None and model.version <= self.model.version:
-            return
-        self.model = ReceivedModel(model.version, weights)
-        self.lazy.observe_model(weights)
+        self.model = received
+        await asyncio.to_thread(self.lazy.observe_model, received.weights)
         self._changed.set()
 
     # --- training -----------------------------------------------------------------------

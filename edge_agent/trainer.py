@@ -4,6 +4,7 @@ loads weights (recompiling would retrace the training function every round)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,18 @@ class TrainResult:
     accuracy: float
 
 
+def _StopWhenCancelled(cancelled: threading.Event) -> Any:
+    """A Keras callback (built lazily: keras is imported only with TensorFlow)."""
+    import keras
+
+    class StopWhenCancelled(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if cancelled.is_set():
+                self.model.stop_training = True
+
+    return StopWhenCancelled()
+
+
 class Trainer:
     def __init__(self, task: TaskSettings, data: Dataset, threads: int | None, seed: int) -> None:
         self.tf: Any = quiet_tensorflow(threads)
@@ -29,6 +42,12 @@ class Trainer:
         self.model: Any = build_model(task.model, task.input_shape, task.num_classes)
         self.data = data
         self._learning_rate: float | None = None
+        self._cancel = threading.Event()
+        self._callbacks = [_StopWhenCancelled(self._cancel)]
+
+    def cancel(self) -> None:
+        """Stop a running fit at the end of its current batch (a bounded SIGTERM)."""
+        self._cancel.set()
 
     def weights(self) -> Weights:
         return get_weights(self.model)
@@ -55,7 +74,9 @@ class Trainer:
             batch_size=settings.batch_size,
             shuffle=True,
             verbose=0,
+            callbacks=self._callbacks,
         )
+
         seconds = time.perf_counter() - started
         return TrainResult(
             get_weights(self.model),

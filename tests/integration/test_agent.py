@@ -13,7 +13,7 @@ import yaml
 
 from broker.dev import DevBroker
 from common.topics import Topics
-from tests.integration.conftest import Listener, environment
+from tests.integration.conftest import Listener, environment, start_coordinator, stop
 
 TOPICS = Topics("fedmq", "agenttest")
 
@@ -75,7 +75,28 @@ def test_missing_data_is_an_error_status_with_its_reason(broker: DevBroker, tmp_
     assert "nowhere.npz" in (tmp_path / "agent-nodata.log").read_text()
 
 
+def test_sigterm_during_training_is_bounded(broker: DevBroker, tmp_path: Path):
+    """A long fit (many epochs) stops at the end of its current batch."""
+    coordinator = start_coordinator(
+        broker,
+        tmp_path,
+        job="agenttest",
+        evaluate_every=0,
+        training={"epochs": 1000, "batch_size": 1},
+    )
+    try:
+        process = start_agent(broker, tmp_path, "agent-busy")
+        statuses(broker, "agent-busy", lambda s: any(x["state"] == "training" for x in s))
+        process.send_signal(signal.SIGTERM)
+        # uninterrupted, this fit would run for minutes: the wait bounds the shutdown
+        assert process.wait(30) == 0
+
+    finally:
+        stop(coordinator)
+
+
 def test_bad_config_exits_2_with_one_line(broker: DevBroker, tmp_path: Path):
+
     process = start_agent(broker, tmp_path, "agent-bad", slowdown=0.5)
     assert process.wait(60) == 2
     lines = [line for line in (tmp_path / "agent-bad.log").read_text().splitlines() if line]
