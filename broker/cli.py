@@ -11,11 +11,13 @@ from typing import Annotated
 import typer
 
 from broker.config import render_acl, render_mosquitto_conf
-from broker.dev import DevBroker
+from broker.dev import local_broker
 from broker.errors import BrokerError
 from broker.provision import provision_account
 from common.cli import run_app
 from configs.broker import MosquittoSettings
+from configs.errors import ConfigError
+from configs.loading import exit_on_config_error, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -44,11 +46,19 @@ def provision(
 
 @app.command()
 def config(
+    settings: Annotated[
+        Path | None, typer.Option("--config", help="YAML MosquittoSettings")
+    ] = None,
     prefix: Annotated[str, typer.Option(help="topic prefix")] = "fedmq",
     acl: Annotated[bool, typer.Option("--acl", help="print the ACL instead")] = False,
 ) -> None:
-    """Print the production mosquitto.conf (or the ACL)."""
-    typer.echo(render_acl(prefix) if acl else render_mosquitto_conf(MosquittoSettings()), nl=False)
+    """Print the production mosquitto.conf from settings (YAML, FEDMQ_BROKER__* environment
+    overrides), or the ACL."""
+    try:
+        values = load_settings(MosquittoSettings, settings, env_prefix="FEDMQ_BROKER")
+    except ConfigError as error:
+        exit_on_config_error(error)
+    typer.echo(render_acl(prefix) if acl else render_mosquitto_conf(values), nl=False)
 
 
 @app.command()
@@ -56,19 +66,20 @@ def dev(
     directory: Annotated[Path, typer.Option(help="where the broker keeps its files")] = Path(
         "state/broker"
     ),
-    port: Annotated[int, typer.Option(help="0 picks a free port")] = 1883,
+    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
     account: Annotated[list[str] | None, typer.Option(help="accounts to provision")] = None,
 ) -> None:
     """Run a private Mosquitto with fedmq's config until Ctrl-C."""
     try:
-        broker = DevBroker(directory, port=port)
+        broker = local_broker(directory, port=port)  # amqtt when Mosquitto is missing
+
         for name in account or []:
             broker.provision(name)
         broker.start()
     except BrokerError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"mosquitto listening on 127.0.0.1:{broker.port}; files in {broker.directory}")
+    typer.echo(f"{broker.kind} listening on 127.0.0.1:{broker.port}; files in {broker.directory}")
     typer.echo(f"credentials: {broker.credentials_file}")
     stop = False
 

@@ -7,15 +7,16 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.broker import BrokerConnection
-from configs.task import TaskSettings
+from configs.task import TOPIC_LEVEL, TaskSettings
 
 
 class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: str = "agent-0"
-    job: str = "digits"
-    topic_prefix: str = "fedmq"
+    agent_id: str = Field("agent-0", pattern=TOPIC_LEVEL, description="its MQTT username too")
+    job: str = Field("digits", pattern=TOPIC_LEVEL)
+    topic_prefix: str = Field("fedmq", pattern=TOPIC_LEVEL)
+
     broker: BrokerConnection = Field(default_factory=BrokerConnection)
     task: TaskSettings = Field(default_factory=TaskSettings)
     state_dir: Path = Path("state/agent")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.messages import Mode, TrainingSettings
 from configs.broker import BrokerConnection
 from configs.loading import default_tag
-from configs.task import TaskSettings
+from configs.task import TOPIC_LEVEL, TaskSettings
 
 
 class _Strict(BaseModel):
@@ -66,8 +66,9 @@ class StopSettings(_Strict):
 
 
 class CoordinatorSettings(_Strict):
-    job: str = "digits"
-    topic_prefix: str = "fedmq"
+    job: str = Field("digits", pattern=TOPIC_LEVEL, description="a single topic level")
+    topic_prefix: str = Field("fedmq", pattern=TOPIC_LEVEL)
+
     broker: BrokerConnection = Field(
         default_factory=lambda: BrokerConnection(username="coordinator")
     )

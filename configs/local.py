@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.messages import Mode, TrainingSettings
 from configs.coordinator import FedBuffSettings, StopSettings, StrategySettings
 from configs.loading import default_tag
+from configs.task import TOPIC_LEVEL
 
 
 class LocalRunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job: str = "digits"
+    job: str = Field("digits", pattern=TOPIC_LEVEL)
+
     agents: int = Field(8, ge=1, le=64)
     stragglers: int = Field(2, ge=0, description="how many agents are slowed down")
     slowdown: float = Field(5.0, ge=1.0, description="a straggler's round lasts this much longer")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from configs.loading import default_tag
+
+TOPIC_LEVEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""Job, prefix and agent names are single MQTT topic levels (as codec.envelope.IDENTIFIER)."""
 
 
 class DigitsData(BaseModel):
@@ -22,6 +25,12 @@ class DigitsData(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _shard_exists(self) -> DigitsData:
+        if self.shard >= self.num_agents:
+            raise ValueError(f"shard {self.shard} does not exist among {self.num_agents} agents")
+        return self
+
 
 class NpzData(BaseModel):
     """A device's own ``.npz`` file with arrays ``x`` and ``y``."""
@@ -35,7 +44,9 @@ class NpzData(BaseModel):
 class TaskSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("mlp", description="mlp, cnn, or module:function")
+    model: str = Field(
+        "mlp", pattern=r"^(mlp|cnn|[\w.]+:\w+)$", description="mlp, cnn, or module:function"
+    )
     data: DigitsData | NpzData = Field(default_factory=DigitsData, discriminator="kind")
     input_shape: tuple[int, ...] = (64,)
     num_classes: int = Field(10, ge=2)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,10 @@ def load_latest(state_dir: Path, names: list[str]) -> tuple[GlobalModel, dict[st
         )
         pointer = {}
     candidates += [(p, None) for p in sorted(state_dir.glob("model-*.npz"), reverse=True)]
+    failed: set[Path] = set()
     for path, digest in candidates:
+        if path in failed:
+            continue
         try:
             data = path.read_bytes()
             if digest is not None and hashlib.sha256(data).hexdigest() != digest:
@@ -84,9 +88,11 @@ def load_latest(state_dir: Path, names: list[str]) -> tuple[GlobalModel, dict[st
                 if len(stored.files) != len(names):
                     raise ValueError(f"{len(stored.files)} tensors, model has {len(names)}")
             version = int(path.stem.split("-")[1])
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             log.warning("checkpoint %s skipped: %s", path.name, error)
+            failed.add(path)
             continue
+
         meta = pointer if pointer.get("file") == path.name else {"version": version}
         return GlobalModel(version, dict(zip(names, tensors, strict=True))), meta
     return None

@@ -40,9 +40,14 @@ def run(
         settings = load_settings(CoordinatorSettings, config, env_prefix=ENV_PREFIX)
     except ConfigError as error:
         exit_on_config_error(error)
+    from common.errors import TaskError
     from coordinator.main import run as serve
 
-    raise typer.Exit(serve(settings))
+    try:
+        code = serve(settings)
+    except TaskError as error:  # a model or data set the settings name cannot be built
+        exit_on_config_error(ConfigError(f"task: {error}"))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -4,6 +4,7 @@ real coordinator process; the test plays the agents)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from broker.dev import DevBroker
 from codec import decode_model, encode_update
+from common.messages import CoordinatorStatus, parse
 from common.topics import Topics
 from tests.integration.conftest import Listener, credentials, start_coordinator, stop
 
@@ -126,3 +128,37 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: Path, broker: DevBroker):
     log = (tmp_path / "coordinator.log").read_text()
     assert "strategy.fedbuff.buffer_size" in log or "buffer_size" in log
     assert len([line for line in log.splitlines() if line.strip()]) == 1
+
+
+def test_a_person_reads_the_coordinator_status_with_mosquitto_sub(
+    broker: DevBroker, coordinator: None
+):
+    result = subprocess.run(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-u",
+            "monitor",
+            "-P",
+            broker.provision("monitor"),
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-t",
+            TOPICS.coordinator_status,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    topic, _, payload = result.stdout.strip().partition(" ")
+    assert topic == TOPICS.coordinator_status
+    status = parse(CoordinatorStatus, payload)
+    assert status.job == "itest" and status.strategy == "fedbuff"
+    assert status.state.value == "running"
