@@ -31,6 +31,7 @@ from configs.task import DigitsData
 from edge_agent.errors import AgentError
 from edge_agent.feedback import ErrorFeedback
 from edge_agent.laq import LazyUploader, squared_norm
+from edge_agent.systemd import Notifier
 from edge_agent.trainer import Trainer
 
 log = logging.getLogger("fedmq.agent")
@@ -78,6 +79,8 @@ class Agent:
         self._last_trained_base: int | None = None
         self._limits = DecodeLimits()
         self._expected_shapes: dict[str, tuple[int, ...]] = {}
+        self.notifier = Notifier()  # systemd (Type=notify); a no-op elsewhere
+        self._ready_sent = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class Agent:
             asyncio.create_task(self._training_loop(), name="training"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
+        if self.notifier.watchdog_seconds is not None:
+            tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         stopper = asyncio.create_task(self.stop_event.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -111,7 +116,16 @@ class Agent:
         stopper.cancel()
         return code
 
+    async def _watchdog(self) -> None:
+        """Pings at half systemd's interval; it runs only while the event loop does, so a
+        stalled loop gets the service restarted."""
+        assert self.notifier.watchdog_seconds is not None
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_seconds / 2)
+
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.notifier.stopping()
         if self.trainer is not None:
             self.trainer.cancel()  # a fit in its thread stops after the current batch
         for task in tasks:
@@ -201,6 +215,8 @@ class Agent:
         self.model = received
         await asyncio.to_thread(self.lazy.observe_model, received.weights)
         self._changed.set()
+        if not self._ready_sent:  # connected, and a model is loaded
+            self._ready_sent = self.notifier.ready(f"model version {received.version}")
 
     # --- training -----------------------------------------------------------------------
 
@@ -294,6 +310,13 @@ class Agent:
         )
 
     async def _publish_status(self) -> None:
+        base = self.status.base_version
+        self.notifier.status(
+            f"{self.status.state.value}"
+            + (f", model v{base}" if base is not None else "")
+            + f", {self.status.updates_sent} updates sent"
+        )
+
         self.status = self.status.model_copy(update={"heartbeat": time.time()})
         await self._publish(
             self.topics.agent_status(self.settings.agent_id), self.status.to_json(), retain=True
