@@ -67,7 +67,8 @@ class AgentStatus(Message):
     uploads_skipped: int = Field(0, ge=0, description="rounds the lazy-upload rule skipped")
     uplink_bytes: int = Field(0, ge=0)
     error: str | None = None
-    temperature_c: float | None = None
+    temperature_c: float | None = Field(None, description="hottest thermal zone, if any")
+    deferred: str | None = Field(None, description="why training waits (e.g. too hot)")
 
 
 # --- control ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from configs.broker import BrokerConnection
 from configs.task import TOPIC_LEVEL, TaskSettings
@@ -26,6 +26,20 @@ class AgentSettings(BaseModel):
     )
     threads: int | None = Field(1, ge=1, description="TensorFlow thread pools; None = all")
     seed: int | None = Field(None, description="None draws fresh randomness for each round")
+    thermal_root: Path = Field(
+        Path("/sys/class/thermal"), description="where the thermal zones are (sysfs)"
+    )
+    defer_training_above_c: float | None = Field(
+        None, description="defer training while the hottest zone is above this; None never"
+    )
+    resume_training_below_c: float = Field(70.0, description="resume once below this")
     nice: int = Field(
         0, ge=0, le=19, description="lower the process priority (a shared machine, a local run)"
     )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AgentSettings:
+        above = self.defer_training_above_c
+        if above is not None and self.resume_training_below_c >= above:
+            raise ValueError("resume_training_below_c must be below defer_training_above_c")
+        return self

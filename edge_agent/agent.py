@@ -32,11 +32,13 @@ from edge_agent.errors import AgentError
 from edge_agent.feedback import ErrorFeedback
 from edge_agent.laq import LazyUploader, squared_norm
 from edge_agent.systemd import Notifier
+from edge_agent.thermal import ThermalGate
 from edge_agent.trainer import Trainer
 
 log = logging.getLogger("fedmq.agent")
 
 SHUTDOWN_SECONDS = 5.0
+THERMAL_RECHECK_SECONDS = 5.0
 
 
 def load_data(settings: AgentSettings) -> Dataset:
@@ -80,6 +82,11 @@ class Agent:
         self._limits = DecodeLimits()
         self._expected_shapes: dict[str, tuple[int, ...]] = {}
         self.notifier = Notifier()  # systemd (Type=notify); a no-op elsewhere
+        self.thermal = ThermalGate(
+            settings.thermal_root,
+            settings.defer_training_above_c,
+            settings.resume_training_below_c,
+        )
         self._ready_sent = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -234,6 +241,12 @@ class Agent:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            if not await asyncio.to_thread(self.thermal.may_train):
+                self._set_status(AgentState.IDLE, deferred="too hot")
+                await self._publish_status()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), THERMAL_RECHECK_SECONDS)
+                continue
             assert self.model is not None and self.control is not None and self.trainer is not None
             base, settings = self.model, self.control.training
             self._set_status(AgentState.TRAINING, base_version=base.version)
@@ -305,11 +318,16 @@ class Agent:
     def _set_status(self, state: AgentState, **changes: Any) -> None:
         if state != AgentState.ERROR:
             changes.setdefault("error", None)  # an old error does not outlive its state
+        changes.setdefault("deferred", None)
+
         self.status = self.status.model_copy(
             update={"state": state, "heartbeat": time.time(), **changes}
         )
 
     async def _publish_status(self) -> None:
+        hottest = await asyncio.to_thread(self.thermal.hottest)
+        self.status = self.status.model_copy(update={"temperature_c": hottest})
+
         base = self.status.base_version
         self.notifier.status(
             f"{self.status.state.value}"

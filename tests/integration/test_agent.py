@@ -95,6 +95,36 @@ def test_sigterm_during_training_is_bounded(broker: DevBroker, tmp_path: Path):
         stop(coordinator)
 
 
+def test_a_hot_device_reports_its_temperature_and_defers_training(
+    broker: DevBroker, tmp_path: Path
+):
+    sysfs = tmp_path / "thermal"
+    (sysfs / "thermal_zone0").mkdir(parents=True)
+    (sysfs / "thermal_zone0" / "type").write_text("GPU-therm\n")
+    (sysfs / "thermal_zone0" / "temp").write_text("91500\n")
+    coordinator = start_coordinator(broker, tmp_path, job="agenttest", evaluate_every=0)
+    try:
+        agent = start_agent(
+            broker,
+            tmp_path,
+            "agent-hot",
+            thermal_root=str(sysfs),
+            defer_training_above_c=85.0,
+            resume_training_below_c=75.0,
+        )
+        seen = statuses(broker, "agent-hot", lambda s: any(x.get("deferred") for x in s))
+        assert any(s.get("deferred") == "too hot" for s in seen), seen
+        assert all(s["state"] != "training" for s in seen)
+        assert seen[-1]["temperature_c"] == 91.5
+        (sysfs / "thermal_zone0" / "temp").write_text("60000\n")  # cooled down
+        seen = statuses(broker, "agent-hot", lambda s: any(x["state"] == "training" for x in s))
+        assert any(s["state"] == "training" for s in seen)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+    finally:
+        stop(coordinator)
+
+
 def test_bad_config_exits_2_with_one_line(broker: DevBroker, tmp_path: Path):
 
     process = start_agent(broker, tmp_path, "agent-bad", slowdown=0.5)
