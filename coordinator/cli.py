@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -107,5 +109,121 @@ def local(
     raise typer.Exit(0 if results["final_version"] is not None else 1)
 
 
+# --- read-only views -------------------------------------------------------------------
+
+EXIT_NO_STATUS = 3  # nothing retained for this job: no coordinator has run it
+EXIT_BROKER = 4  # the broker could not be reached, or refused the credentials
+
+HostOption = Annotated[str, typer.Option(help="broker host")]
+PortOption = Annotated[int, typer.Option(help="broker port")]
+UserOption = Annotated[str, typer.Option(help="account (read-only monitor by default)")]
+PasswordOption = Annotated[
+    str | None, typer.Option(envvar="FEDMQ_PASSWORD", help="password (or FEDMQ_PASSWORD)")
+]
+JobOption = Annotated[str, typer.Option(help="job id")]
+PrefixOption = Annotated[str, typer.Option(help="topic prefix")]
+FormatOption = Annotated[str, typer.Option("--format", help="table or json")]
+
+
+def _snapshot(
+    host: str, port: int, username: str, password: str | None, job: str, prefix: str
+) -> Any:
+    from common.errors import ProtocolError
+    from common.topics import Topics
+    from configs.broker import BrokerConnection
+    from coordinator.inspect import InspectError, read_snapshot
+
+    try:
+        topics = Topics(prefix, job)
+    except ProtocolError as error:
+        exit_on_config_error(ConfigError(str(error)))
+    connection = BrokerConnection(host=host, port=port, username=username, password=password)
+    try:
+        return read_snapshot(connection, topics)
+    except InspectError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_BROKER) from error
+
+
+@app.command()
+def status(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    username: UserOption = "monitor",
+    password: PasswordOption = None,
+    job: JobOption = "digits",
+    prefix: PrefixOption = "fedmq",
+    output: FormatOption = "table",
+) -> None:
+    """The coordinator's retained status. Exit 0; 3 if the job has none; 4 broker error."""
+    snapshot = _snapshot(host, port, username, password, job, prefix)
+    if snapshot.coordinator is None:
+        typer.echo(f"no coordinator status for job {job!r}", err=True)
+        raise typer.Exit(EXIT_NO_STATUS)
+    data = snapshot.coordinator.model_dump(mode="json", exclude_none=True)
+    if output == "json":
+        typer.echo(json.dumps(data))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fedmq job {job}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def agents(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    username: UserOption = "monitor",
+    password: PasswordOption = None,
+    job: JobOption = "digits",
+    prefix: PrefixOption = "fedmq",
+    output: FormatOption = "table",
+) -> None:
+    """Every agent's retained status: state, base version, staleness, uplink, temperature.
+    Exit 0; 3 if no agent has reported; 4 broker error."""
+    snapshot = _snapshot(host, port, username, password, job, prefix)
+    if not snapshot.agents:
+        typer.echo(f"no agent status for job {job!r}", err=True)
+        raise typer.Exit(EXIT_NO_STATUS)
+    version = snapshot.coordinator.version if snapshot.coordinator else None
+    rows = []
+    for name, agent in sorted(snapshot.agents.items()):
+        staleness = None
+        if version is not None and agent.base_version is not None:
+            staleness = version - agent.base_version
+        rows.append(
+            {
+                "agent": name,
+                "state": agent.state.value,
+                "base_version": agent.base_version,
+                "last_update_age_s": None
+                if agent.last_update_at is None
+                else round(time.time() - agent.last_update_at, 1),
+                "staleness": staleness,
+                "uplink_bytes": agent.uplink_bytes,
+                "temperature_c": agent.temperature_c,
+            }
+        )
+    if output == "json":
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fedmq job {job}: agents")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in ("agent", "state") else "right")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
 def main() -> int:
+
     return run_app(app)
