@@ -145,6 +145,24 @@ def _snapshot(
         raise typer.Exit(EXIT_BROKER) from error
 
 
+def _show(data: object, rows: list[dict[str, Any]], title: str, output: str) -> None:
+    """``--format json`` prints ``data``; a table (rich) prints ``rows``."""
+    if output == "json":
+        typer.echo(json.dumps(data))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(
+            column, justify="left" if column in ("agent", "state", "field") else "right"
+        )
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
 @app.command()
 def status(
     host: HostOption = "127.0.0.1",
@@ -161,18 +179,8 @@ def status(
         typer.echo(f"no coordinator status for job {job!r}", err=True)
         raise typer.Exit(EXIT_NO_STATUS)
     data = snapshot.coordinator.model_dump(mode="json", exclude_none=True)
-    if output == "json":
-        typer.echo(json.dumps(data))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"fedmq job {job}")
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    rows = [{"field": key, "value": value} for key, value in data.items()]
+    _show(data, rows, f"fedmq job {job}", output)
 
 
 @app.command()
@@ -210,18 +218,7 @@ def agents(
                 "temperature_c": agent.temperature_c,
             }
         )
-    if output == "json":
-        typer.echo(json.dumps(rows))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"fedmq job {job}: agents")
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column in ("agent", "state") else "right")
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
-    Console().print(table)
+    _show(rows, rows, f"fedmq job {job}: agents", output)
 
 
 def main() -> int:
