@@ -1,6 +1,14 @@
 """The MQTT session both services run: connect, subscribe, hand every message over, and on
 any loss reconnect with exponential backoff and jitter (aiomqtt's documented pattern: a new
-client for each attempt, subscriptions renewed on every connect)."""
+client for each attempt, subscriptions renewed on every connect).
+
+With ``manual_ack`` a QoS 1 message is acknowledged (PUBACK) only when the receiver calls
+the ``ack`` it is handed, e.g. once the message is durable. Until then the broker counts it
+in flight: after a crash it redelivers it (persistent session), and it sends no more than
+its in-flight limit ahead, which bounds what the receiver holds in memory. aiomqtt does not
+expose paho's manual acks, so this switches them on in the paho client it wraps (pinned
+aiomqtt < 3; tests/integration cover it).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,44 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aiomqtt
 
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+
+Ack = Callable[[], None]
+
+
+def _no_ack() -> None:
+    """Automatic acknowledgement: paho sent PUBACK when it queued the message."""
+
+
+def _manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], Ack]:
+    """Per connection: an ``ack`` for each message. PUBACKs go out in the order the
+    messages arrived (MQTT 3.1.1, 4.6): an ack waits for the earlier ones. On a dead
+    connection they go nowhere, and the broker redelivers."""
+    paho = client._client
+    paho.manual_ack_set(True)
+    pending: deque[list[Any]] = deque()  # [mid, qos, acked] in arrival order
+
+    def ack_for(message: aiomqtt.Message) -> Ack:
+        if message.qos == 0:
+            return _no_ack
+        entry = [message.mid, message.qos, False]
+        pending.append(entry)
+
+        def ack() -> None:
+            entry[2] = True
+            while pending and pending[0][2]:
+                mid, qos, _ = pending.popleft()
+                paho.ack(mid, qos)
+
+        return ack
+
+    return ack_for
 
 
 class Session:
@@ -22,12 +63,14 @@ class Session:
         self,
         connect: Callable[[], aiomqtt.Client],
         subscriptions: Sequence[str],
-        on_message: Callable[[str, bytes], Awaitable[None]],
+        on_message: Callable[[str, bytes, Ack], Awaitable[None]],
         on_connect: Callable[[], Awaitable[None]],
         stop: asyncio.Event,
         log: logging.Logger,
         bytes_per_second: float,
+        manual_ack: bool = False,
     ) -> None:
+        self._manual_ack = manual_ack
         self._connect = connect
         self._subscriptions = subscriptions
         self._on_message = on_message
@@ -46,8 +89,12 @@ class Session:
         backoff = BACKOFF_START
         while not self._stop.is_set():
             try:
-                async with self._connect() as client:
+                client = self._connect()
+                # before connecting: a persistent session's queue arrives right after CONNACK
+                ack_for = _manual_acks(client) if self._manual_ack else None
+                async with client:
                     self._client = client
+
                     for topic in self._subscriptions:
                         await client.subscribe(topic, qos=1)
                     self.connected.set()
@@ -57,8 +104,11 @@ class Session:
                     async for message in client.messages:
                         payload = message.payload
                         await self._on_message(
-                            str(message.topic), payload if isinstance(payload, bytes) else b""
+                            str(message.topic),
+                            payload if isinstance(payload, bytes) else b"",
+                            _no_ack if ack_for is None else ack_for(message),
                         )
+
             except aiomqtt.MqttError as error:
                 self._log.warning(
                     "broker connection lost (%s); retrying in ~%.1f s", error, backoff

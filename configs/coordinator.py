@@ -65,6 +65,13 @@ class StopSettings(_Strict):
     max_seconds: float | None = Field(None, gt=0)
 
 
+class RateLimitSettings(_Strict):
+    """Per agent: a burst, then a steady rate; beyond it updates are refused unread."""
+
+    updates_per_minute: float = Field(600.0, gt=0)
+    burst: int = Field(30, ge=1)
+
+
 class CoordinatorSettings(_Strict):
     job: str = Field("digits", pattern=TOPIC_LEVEL, description="a single topic level")
     topic_prefix: str = Field("fedmq", pattern=TOPIC_LEVEL)
@@ -80,7 +87,15 @@ class CoordinatorSettings(_Strict):
     state_dir: Path = Path("state/coordinator")
     evaluate_every: int = Field(1, ge=0, description="versions between evaluations; 0 never")
     heartbeat_seconds: float = Field(2.0, gt=0)
-    clip_norm: float | None = Field(None, gt=0, description="clip each update's L2 norm")
+    clip_norm: float | None = Field(None, gt=0, description="L2 norm limit of an update")
+    norm_policy: Literal["clip", "reject"] = Field(
+        "clip", description="beyond clip_norm: scale the update down, or refuse it"
+    )
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    snapshot_every: int = Field(
+        64, ge=1, description="journal records between snapshots (and one per version)"
+    )
+
     max_update_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     duplicate_window: int = Field(10_000, ge=1, description="recent update ids remembered")
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Start the coordinator service from settings: task, resume from checkpoint, signals."""
+"""Start the coordinator service from settings: task, resume from its state, signals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 import signal
 
 from configs.coordinator import CoordinatorSettings
-from coordinator import checkpoint
+from coordinator import state
+from coordinator.errors import StateError
 from coordinator.evaluation import Evaluator
 from coordinator.service import Coordinator
 from coordinator.strategies import GlobalModel
@@ -15,14 +16,7 @@ from coordinator.strategies import GlobalModel
 log = logging.getLogger("fedmq.coordinator")
 
 
-def initial_model(settings: CoordinatorSettings, evaluator: Evaluator) -> GlobalModel:
-    weights = evaluator.initial_weights()
-    resumed = checkpoint.load_latest(settings.state_dir, list(weights))
-    if resumed is not None:
-        model, _ = resumed
-        log.info("resumed from checkpoint version %d in %s", model.version, settings.state_dir)
-        return model
-    return GlobalModel(0, weights)
+EXIT_STATE = 2  # unusable state: the operator decides (systemd does not restart on it)
 
 
 async def serve(settings: CoordinatorSettings) -> int:
@@ -33,9 +27,22 @@ async def serve(settings: CoordinatorSettings) -> int:
     evaluator = await asyncio.to_thread(Evaluator, settings.task, settings.seed)
     if stopping.is_set():
         return 0
-    model = initial_model(settings, evaluator)
-    coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy, stop_event=stopping)
-    return await coordinator.run()
+    weights = evaluator.initial_weights()
+    try:
+        resume = await asyncio.to_thread(
+            state.load, settings.state_dir, {n: v.shape for n, v in weights.items()}
+        )
+        coordinator = Coordinator(
+            settings,
+            GlobalModel(0, weights),
+            evaluate=evaluator.accuracy,
+            stop_event=stopping,
+            resume=resume,
+        )
+        return await coordinator.run()
+    except StateError as error:
+        log.error("cannot resume: %s", error)
+        return EXIT_STATE
 
 
 def run(settings: CoordinatorSettings) -> int:

@@ -1,27 +1,34 @@
 """The coordinator service: MQTT in, strategy in a worker thread, new versions out.
 
 Tasks (one per concern): the connection loop (reconnects with backoff and jitter, renews
-subscriptions, republishes retained state), the update worker (decode, validate and
-aggregate off the event loop, one update at a time: the strategy is not thread-safe), the
-heartbeat (coordinator status), and the ticker (deadlines of synchronous rounds).
-SIGTERM sets the stop event; shutdown publishes a final status and is bounded in time.
+subscriptions, republishes retained state), the update worker (decode, journal, validate
+and aggregate off the event loop, one update at a time: the strategy is not thread-safe),
+the heartbeat (coordinator status), and the ticker (deadlines of synchronous rounds).
+
+Crash safety (docs/reliability.md): an update is acknowledged to the broker only once it is
+in the journal (coordinator/journal.py), so the broker redelivers anything the coordinator
+had not made durable; the state is snapshotted at every version and every
+``snapshot_every`` records (coordinator/state.py), and a restart replays the journal past
+the snapshot through the same code, so nothing accepted is lost or applied twice.
+SIGTERM sets the stop event; shutdown snapshots, publishes a final status, and is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
 from broker.config import RESERVED_ACCOUNTS
-from codec import CodecError, DecodeLimits, decode_update, encode_model
+from codec import CodecError, DecodeLimits, Update, decode_update, encode_model
 from common.errors import ProtocolError
 from common.messages import (
     AgentState,
@@ -34,52 +41,36 @@ from common.messages import (
     RunState,
     parse,
 )
-from common.mqtt import Session
+from common.mqtt import Ack, Session
 from common.topics import Topics
 from configs.coordinator import CoordinatorSettings
-from coordinator import checkpoint
+from coordinator import state
+from coordinator.books import (
+    AgentBook,
+    Counters,
+    RateLimiter,
+    RecentIds,
+    books_from_json,
+    books_to_json,
+)
+from coordinator.errors import StateError
+from coordinator.journal import CLOSE, ONLINE, UPDATE, Journal, Record
 from coordinator.strategies import GlobalModel, Outcome, Strategy, make_strategy
 from coordinator.validation import Rejected, validate
 
 log = logging.getLogger("fedmq.coordinator")
 
-QUEUE_SIZE = 256
+QUEUE_SIZE = 64  # the broker's in-flight window (unacknowledged updates) is smaller
 SHUTDOWN_SECONDS = 5.0
 
 
 @dataclass
-class Counters:
-    accepted: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    uplink_bytes: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-
-@dataclass
 class Handled:
-    """What the worker thread decided about one update, for the loop to publish."""
+    """What the worker thread decided about one input, for the loop to publish."""
 
     events: list[Event]
     new_version: bool = False
-
-
-class RecentIds:
-    """A bounded window of update ids: a redelivered or replayed update is applied once."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, update_id: str) -> bool:
-        return update_id in self._ids
-
-    def add(self, update_id: str) -> None:
-        self._ids[update_id] = None
-        while len(self._ids) > self._size:
-            self._ids.popitem(last=False)
+    now: float = 0.0  # the input's time: a version it makes starts its round then
 
 
 class Coordinator:
@@ -89,15 +80,22 @@ class Coordinator:
         initial: GlobalModel,
         evaluate: Callable[[dict[str, Any]], float | None] | None = None,
         stop_event: asyncio.Event | None = None,
+        resume: state.Snapshot | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, settings.job)
+        if resume is not None:
+            initial = GlobalModel(resume.version, resume.weights)
         self.strategy: Strategy = make_strategy(settings.strategy, initial)
         self.evaluate = evaluate
         self.control = Control(mode=settings.effective_mode, training=settings.training)
         self.state = CoordinatorState.STARTING
         self.counters = Counters()
+        self.books: dict[str, AgentBook] = {}
         self.recent = RecentIds(settings.duplicate_window)
+        self.limiter = RateLimiter(
+            settings.rate_limit.updates_per_minute, settings.rate_limit.burst
+        )
         self.agents: dict[str, AgentStatus] = {}
         self.last_accuracy: float | None = None
         self.started_at = time.time()
@@ -107,10 +105,20 @@ class Coordinator:
             max_total_elements=max(1, sum(v.size for v in initial.weights.values())),
             max_tensors=max(1, len(initial.weights)),
         )
+        self.journal = Journal(settings.state_dir / "journal")
+        self._decisions: list[dict[str, Any]] = []  # since the last snapshot
+        self._snapshot_number = 0
+        self._applied_seq = 0  # the last journal record reflected in memory
+        self._since_snapshot = 0
+        self._snapshot_seqs: deque[int] = deque(maxlen=state.KEEP)
+        self._online = 0  # agents online, as the strategy was last told (journaled)
+        self.resumed = resume is not None
+        if resume is not None:
+            self._restore(resume)
 
         self.stop_event = stop_event or asyncio.Event()
 
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[str, bytes, Ack]] = asyncio.Queue(QUEUE_SIZE)
         self.session = Session(
             self._client_for,
             [self.topics.all_updates, self.topics.all_agent_statuses],
@@ -119,10 +127,11 @@ class Coordinator:
             stop=self.stop_event,
             log=log,
             bytes_per_second=1e6,
+            manual_ack=True,  # an update is acknowledged once journaled, not on receipt
         )
         self._model_payload: bytes | None = None
         self._pending_events: deque[Event] = deque(maxlen=1000)
-        self.published_version = initial.version
+        self.published_version = self.strategy.version
         # The strategy is touched from worker threads (updates, deadline ticks): one at a
         # time, and never while a new version is being snapshotted.
         self._strategy_lock = asyncio.Lock()
@@ -136,8 +145,14 @@ class Coordinator:
 
     async def run(self) -> int:
         """Serve until stopped (SIGTERM, stop rule, or ``stop_event``); exit code 0."""
+        async with self._strategy_lock:
+            if self.resumed:
+                await self._replay_journal()
+            else:
+                self._set_aside_orphan_journal()
+                await self._new_version_published(time.time())
         self.state = CoordinatorState.RUNNING
-        await self._new_version_published()
+        await self._check_stop_rule()
         tasks = [
             asyncio.create_task(self.session.run(), name="connection"),
             asyncio.create_task(self._worker(), name="worker"),
@@ -154,6 +169,120 @@ class Coordinator:
         await self._shutdown(tasks)
         stopper.cancel()
         return code
+
+    # --- persisted state ----------------------------------------------------------------
+
+    def _restore(self, snapshot: state.Snapshot) -> None:
+        books = snapshot.books
+        try:
+            self.strategy.restore_state(snapshot.strategy_fields, snapshot.strategy_arrays)
+            self.recent = RecentIds(self.settings.duplicate_window, list(books["recent"]))
+            self.counters = Counters.from_json(books["counters"])
+            self.books = books_from_json(books["agent_books"])
+            self.agents = {
+                agent: parse(AgentStatus, json.dumps(fields).encode())
+                for agent, fields in books["agents"].items()
+            }
+            self.control = parse(Control, json.dumps(books["control"]).encode())
+            self.last_accuracy = books["last_accuracy"]
+            self.started_at = float(books["started_at"])
+            self._online = int(books["online"])
+        except (KeyError, TypeError, ValueError, ProtocolError) as error:
+            raise StateError(f"snapshot {snapshot.number} is inconsistent: {error}") from error
+        self._snapshot_number = snapshot.number
+        self._applied_seq = snapshot.applied_seq
+        self._snapshot_seqs.append(snapshot.applied_seq)
+        log.info(
+            "resumed from snapshot %d: version %d, %d updates buffered, journal after record %d",
+            snapshot.number,
+            snapshot.version,
+            self.strategy.buffered,
+            snapshot.applied_seq,
+        )
+
+    def _books_json(self) -> dict[str, Any]:
+        return {
+            "recent": self.recent.to_json(),
+            "counters": self.counters.to_json(),
+            "agent_books": books_to_json(self.books),
+            "agents": {a: s.model_dump(mode="json") for a, s in self.agents.items()},
+            "control": json.loads(self.control.to_json()),
+            "last_accuracy": self.last_accuracy,
+            "started_at": self.started_at,
+            "online": self._online,
+        }
+
+    async def _save_snapshot(self) -> None:
+        """Persist the whole state (strategy lock held: nothing changes meanwhile)."""
+        self._snapshot_number += 1
+        fields, arrays = self.strategy.export_state()
+        snapshot = state.Snapshot(
+            number=self._snapshot_number,
+            applied_seq=self._applied_seq,
+            version=self.strategy.version,
+            weights=self.strategy.model.weights,
+            strategy_fields=fields,
+            strategy_arrays=arrays,
+            books=self._books_json(),
+            decisions=self._decisions,
+        )
+        self._decisions = []
+        self._since_snapshot = 0
+        await asyncio.to_thread(self._write_snapshot, snapshot)
+
+    def _write_snapshot(self, snapshot: state.Snapshot) -> None:
+        try:
+            state.save(self.settings.state_dir, snapshot)
+            self.journal.rotate()
+            self._snapshot_seqs.append(snapshot.applied_seq)
+            # keep what the oldest kept snapshot needs: a damaged newer one falls back to it
+            self.journal.compact(self._snapshot_seqs[0])
+        except OSError as error:
+            raise StateError(f"cannot write state in {self.settings.state_dir}: {error}") from error
+
+    def _set_aside_orphan_journal(self) -> None:
+        """A journal without any snapshot belongs to a state that is gone: not replayable."""
+        if self.journal.last_seq:
+            target = self.journal.directory.with_name(f"journal.orphan-{int(time.time())}")
+            self.journal.close()
+            self.journal.directory.rename(target)
+            log.warning("journal without a snapshot moved to %s (not replayed)", target)
+            self.journal = Journal(self.settings.state_dir / "journal")
+
+    async def _replay_journal(self) -> None:
+        """Re-apply what was journaled after the snapshot, through the same code."""
+        replayed = 0
+        for record in self.journal.records_after(self._applied_seq):
+            handled = await asyncio.to_thread(self._apply_record, record)
+            await self._after(handled)
+            replayed += 1
+        if self._model_payload is None:
+            await self._prepare_model(self.strategy.version)
+        if replayed:
+            await self._save_snapshot()
+        log.info(
+            "journal replayed: %d records; version %d, %d updates buffered",
+            replayed,
+            self.strategy.version,
+            self.strategy.buffered,
+        )
+
+    def _apply_record(self, record: Record) -> Handled:
+        """Worker thread: one journaled input (on replay)."""
+        if record.kind == UPDATE:
+            try:
+                update = decode_update(record.payload, limits=self.limits)
+            except CodecError as error:  # it decoded when journaled: limits changed since
+                self._applied_seq = record.seq
+                return self._reject(record.agent, "malformed", str(error), seq=record.seq)
+            return self._apply_update(record, update)
+        self._applied_seq = record.seq
+        if record.kind == CLOSE:
+            return Handled([], new_version=self.strategy.tick(record.time), now=record.time)
+        if record.kind == ONLINE:
+            self._online = record.count
+            self.strategy.agents_online_changed(record.count)
+        return Handled([])
 
     # --- connection ---------------------------------------------------------------------
 
@@ -194,14 +323,22 @@ class Coordinator:
 
     # --- incoming -----------------------------------------------------------------------
 
-    async def _route(self, topic: str, payload: bytes) -> None:
+    async def _route(self, topic: str, payload: bytes, ack: Ack) -> None:
         agent = self.topics.agent_of_update(topic)
         if agent is not None:
-            # Bounded: when full, reading stops (aiomqtt's own queue then grows; per-agent
-            # limits are issue 4). Never a silent drop.
-            await self._queue.put((agent, payload))
-
+            if not self.limiter.allow(agent, time.monotonic()):
+                ack()  # refused for good: no redelivery wanted
+                handled = self._reject(
+                    agent, "rate_limited", "over the per-agent update rate", bytes=len(payload)
+                )
+                for event in handled.events:
+                    await self._emit(event)
+                return
+            # Bounded: when full, reading stops; unacknowledged, the broker holds the rest
+            # (it sends no more than its in-flight window ahead). Never a silent drop.
+            await self._queue.put((agent, payload, ack))
             return
+        ack()
         agent = self.topics.agent_of_status(topic)
         if agent is not None and agent not in RESERVED_ACCOUNTS:
             await self._on_agent_status(agent, payload)
@@ -220,11 +357,18 @@ class Coordinator:
         is_online = status.state != AgentState.OFFLINE
         if is_online != was_online:
             async with self._strategy_lock:
-                self.strategy.agents_online_changed(self.agents_online)
+                count = self.agents_online
+                if count != self._online:
+                    await asyncio.to_thread(self._online_changed, count, time.time())
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
             await self._emit(Event(type=EventType.AGENT_LEFT, agent=agent))
+
+    def _online_changed(self, count: int, now: float) -> None:
+        """Worker thread: a sync round may now expect a different number of agents."""
+        record = self.journal.append(ONLINE, now, count=count)
+        self._apply_record(record)
 
     @property
     def agents_online(self) -> int:
@@ -232,16 +376,35 @@ class Coordinator:
 
     async def _worker(self) -> None:
         while True:
-            agent, payload = await self._queue.get()
+            agent, payload, ack = await self._queue.get()
             async with self._strategy_lock:
-                handled = await asyncio.to_thread(self._handle_update, agent, payload)
-                for event in handled.events:
-                    await self._emit(event)
-                if handled.new_version:
-                    await self._new_version_published()
+                handled = await asyncio.to_thread(self._receive_update, agent, payload, time.time())
+                ack()  # journaled, or refused for good: the broker may forget it now
+                await self._after(handled)
 
-    def _reject(self, agent: str, reason: str, detail: str, **fields: Any) -> Handled:
-        self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+    async def _after(self, handled: Handled) -> None:
+        """Publish what one input led to (strategy lock held)."""
+        for event in handled.events:
+            await self._emit(event)
+        if handled.new_version:
+            await self._new_version_published(handled.now)
+        elif self._since_snapshot >= self.settings.snapshot_every:
+            await self._save_snapshot()
+
+    def _book(self, agent: str) -> AgentBook:
+        book = self.books.get(agent)
+        if book is None:
+            book = self.books[agent] = AgentBook()
+        return book
+
+    def _reject(
+        self, agent: str, reason: str, detail: str, seq: int | None = None, **fields: Any
+    ) -> Handled:
+        self.counters.reject(reason)
+        if agent in self.books or seq is not None:  # unknown senders get no book (floods)
+            self._book(agent).rejected += 1
+        if seq is not None:
+            self._decide(seq, agent, reason, fields)
         log.info("rejected update from %s: %s (%s)", agent, reason, detail)
         return Handled(
             [
@@ -255,24 +418,56 @@ class Coordinator:
             ]
         )
 
-    def _handle_update(self, agent: str, payload: bytes) -> Handled:
-        """Worker thread: decode, validate, aggregate. Never raises for bad input."""
-        self.counters.uplink_bytes += len(payload)
+    def _decide(self, seq: int, agent: str, decision: str, fields: dict[str, Any]) -> None:
+        """The ledger entry of one journaled update (see coordinator/state.py)."""
+        self._decisions.append(
+            {
+                "seq": seq,
+                "agent": agent,
+                "update_id": fields.get("update_id"),
+                "base_version": fields.get("base_version"),
+                "decision": decision,
+                "version": self.strategy.version,
+            }
+        )
+
+    def _receive_update(self, agent: str, payload: bytes, now: float) -> Handled:
+        """Worker thread: decode; journal what decoded; apply. Never raises for bad input."""
         try:
             update = decode_update(payload, limits=self.limits)
         except CodecError as error:
+            self.counters.uplink_bytes += len(payload)
             return self._reject(agent, "malformed", str(error), bytes=len(payload))
+        try:
+            record = self.journal.append(UPDATE, now, agent=agent, payload=payload)
+        except OSError as error:
+            raise StateError(f"cannot write the journal: {error}") from error
+        return self._apply_update(record, update)
+
+    def _apply_update(self, record: Record, update: Update) -> Handled:
+        """Worker thread: validate and aggregate one journaled update (live or replayed)."""
+        self._applied_seq = record.seq
+        self._since_snapshot += 1
+        agent, size = record.agent, len(record.payload)
+        self.counters.uplink_bytes += size
+        self._book(agent).uplink_bytes += size
         fields: dict[str, Any] = {
             "update_id": update.update_id,
             "base_version": update.base_version,
-            "bytes": len(payload),
+            "bytes": size,
         }
         if update.update_id in self.recent:
             return self._reject(
-                agent, "duplicate", f"update {update.update_id} already seen", **fields
+                agent,
+                "duplicate",
+                f"update {update.update_id} already seen",
+                seq=record.seq,
+                **fields,
             )
         if self.control.state != RunState.RUN:
-            return self._reject(agent, "paused", f"job is {self.control.state.value}", **fields)
+            return self._reject(
+                agent, "paused", f"job is {self.control.state.value}", seq=record.seq, **fields
+            )
         try:
             contribution = validate(
                 update,
@@ -281,21 +476,27 @@ class Coordinator:
                 model=self.strategy.model,
                 reserved=RESERVED_ACCOUNTS,
                 clip_norm=self.settings.clip_norm,
+                norm_policy=self.settings.norm_policy,
             )
         except Rejected as rejected:
-            return self._reject(agent, rejected.reason, rejected.detail, **fields)
-        outcome: Outcome = self.strategy.apply(contribution, time.time())
+            return self._reject(agent, rejected.reason, rejected.detail, seq=record.seq, **fields)
+        outcome: Outcome = self.strategy.apply(contribution, record.time)
         if not outcome.accepted:
             assert outcome.reason is not None
             return self._reject(
                 agent,
                 outcome.reason,
                 f"staleness {outcome.staleness}",
+                seq=record.seq,
                 staleness=outcome.staleness,
                 **fields,
             )
         self.recent.add(update.update_id)
         self.counters.accepted += 1
+        book = self._book(agent)
+        book.accepted += 1
+        book.last_update_at, book.last_staleness = record.time, outcome.staleness
+        self._decide(record.seq, agent, "accepted", fields)
         events = [
             Event(
                 type=EventType.UPDATE_ACCEPTED,
@@ -305,16 +506,13 @@ class Coordinator:
                 **fields,
             )
         ]
-        return Handled(events, new_version=outcome.new_version)
+        return Handled(events, new_version=outcome.new_version, now=record.time)
 
     # --- versions -----------------------------------------------------------------------
 
-    async def _new_version_published(self) -> None:
-        """Evaluate, checkpoint and publish the strategy's current model (call with the
-        strategy lock held, or before any worker runs)."""
-        model = self.strategy.model
-        snapshot = {name: value.copy() for name, value in model.weights.items()}
-        version = model.version
+    async def _prepare_model(self, version: int) -> None:
+        """Evaluate and encode the strategy's current model for publishing."""
+        snapshot = {name: value.copy() for name, value in self.strategy.model.weights.items()}
         every = self.settings.evaluate_every
         if self.evaluate is not None and every and version % every == 0:
             self.last_accuracy = await asyncio.to_thread(self.evaluate, snapshot)
@@ -326,16 +524,17 @@ class Coordinator:
             version=version,
             metrics={} if self.last_accuracy is None else {"accuracy": self.last_accuracy},
         )
-        await asyncio.to_thread(
-            checkpoint.save,
-            self.settings.state_dir,
-            GlobalModel(version, snapshot),
-            {"accuracy": self.last_accuracy, "time": time.time()},
-        )
-        self.published_version = version
-        self.strategy.start_round(time.time(), self.agents_online)
 
-        await self._publish(self.topics.model, self._model_payload, retain=True)
+    async def _new_version_published(self, now: float) -> None:
+        """Evaluate, snapshot and publish the strategy's current model (strategy lock held).
+        ``now`` is the time of the input that made it (its round starts then)."""
+        version = self.strategy.version
+        await self._prepare_model(version)
+        self.strategy.start_round(now, self._online)
+        await self._save_snapshot()
+        self.published_version = version
+
+        await self._publish(self.topics.model, self._model_payload or b"", retain=True)
         await self._emit(
             Event(
                 type=EventType.VERSION,
@@ -349,6 +548,8 @@ class Coordinator:
         await self._publish_status()
 
     async def _check_stop_rule(self) -> None:
+        if self.state == CoordinatorState.STARTING:
+            return  # decided once running (a replay may pass through the target)
         stop = self.settings.stop
         reached = (
             (
@@ -411,22 +612,45 @@ class Coordinator:
 
     async def _ticker(self) -> None:
         async def tick() -> None:
+            now = time.time()
+            if not self.strategy.due(now):  # cheap and pure: no lock needed to look
+                return
             async with self._strategy_lock:
-                if await asyncio.to_thread(self.strategy.tick, time.time()):
-                    await self._new_version_published()
+                handled = await asyncio.to_thread(self._close_round, now)
+                await self._after(handled)
 
         await self._every(0.25, tick)
+
+    def _close_round(self, now: float) -> Handled:
+        """Worker thread: a deadline closes the round (journaled first, like any input)."""
+        if not self.strategy.due(now):
+            return Handled([])
+        return self._apply_record(self.journal.append(CLOSE, now))
 
     # --- shutdown -----------------------------------------------------------------------
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         if self.state != CoordinatorState.DONE:
             self.state = CoordinatorState.STOPPED
+        # Wait for the update in hand (never cancel a thread mid-apply), then stop the rest
+        # and snapshot; queued updates were not acknowledged: the broker redelivers them.
+        locked = False
+        with contextlib.suppress(asyncio.TimeoutError):
+            locked = await asyncio.wait_for(self._strategy_lock.acquire(), SHUTDOWN_SECONDS)
         for task in tasks:
             if task.get_name() != "connection":
                 task.cancel()
+        if locked:
+            try:
+                if self._decisions or self._since_snapshot:
+                    await asyncio.wait_for(self._save_snapshot(), SHUTDOWN_SECONDS)
+            except (asyncio.TimeoutError, StateError) as error:
+                log.warning("no final snapshot (%s): the journal has everything", error)
+            finally:
+                self._strategy_lock.release()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._publish_status(), SHUTDOWN_SECONDS)
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+        self.journal.close()

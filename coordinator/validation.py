@@ -21,9 +21,10 @@ REASONS = (
     "late",  # a synchronous round already closed
     "already_in_round",  # a second update from one agent in one synchronous round
     "tensor_mismatch",  # tensor names or shapes differ from the model
-    "norm",  # update norm not finite (beyond clip_norm an update is scaled down, not refused)
+    "norm",  # norm not finite; or beyond clip_norm with norm_policy "reject" (else scaled)
     "duplicate",  # an update id seen before (a redelivery or a replay)
     "paused",  # the job is paused or stopped
+    "rate_limited",  # the agent sent more than its rate allows (refused before decoding)
 )
 
 
@@ -51,6 +52,7 @@ def validate(
     model: GlobalModel,
     reserved: frozenset[str],
     clip_norm: float | None,
+    norm_policy: str = "clip",
 ) -> Contribution:
     """A Contribution ready for the strategy, or Rejected with its reason."""
     if update.job_id != job:
@@ -80,12 +82,14 @@ def validate(
         )
 
     scale = 1.0
-    if clip_norm is not None:
-        norm = update_norm(update)
-        if not math.isfinite(norm):
-            raise Rejected("norm", "update norm is not finite")
-        if norm > clip_norm:
-            scale = clip_norm / norm
+    norm = update_norm(update)  # always: NaN or Inf never reaches the model
+    if not math.isfinite(norm):
+        raise Rejected("norm", "update norm is not finite (NaN or Inf)")
+    if clip_norm is not None and norm > clip_norm:
+        if norm_policy == "reject":
+            raise Rejected("norm", f"update norm {norm:.4g} exceeds {clip_norm:.4g}")
+        scale = clip_norm / norm
+
     return Contribution(
         agent=topic_agent,
         update_id=update.update_id,

@@ -22,7 +22,7 @@ import numpy as np
 from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
 from common.errors import ProtocolError, TaskError
 from common.messages import AgentState, AgentStatus, Control, Mode, RunState, parse
-from common.mqtt import Session
+from common.mqtt import Ack, Session
 from common.tasks.data import Dataset, DigitsFederation, load_npz
 from common.tasks.models import Weights
 from common.topics import Topics
@@ -183,7 +183,8 @@ class Agent:
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return await self.session.publish(topic, payload, retain=retain)
 
-    async def _route(self, topic: str, payload: bytes) -> None:
+    async def _route(self, topic: str, payload: bytes, ack: Ack) -> None:
+
         if topic == self.topics.control:
             try:
                 self.control = parse(Control, payload)

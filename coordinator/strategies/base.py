@@ -29,6 +29,21 @@ class GlobalModel:
         return {name: np.zeros_like(value) for name, value in self.weights.items()}
 
 
+def restore_sums(model: GlobalModel, arrays: Mapping[str, Any]) -> Weights:
+    """A persisted buffer, checked against the model's tensors (ValueError if it differs)."""
+    sums: Weights = {}
+    for name, value in model.weights.items():
+        stored = arrays.get(name)
+        if stored is None or stored.shape != value.shape:
+            raise ValueError(f"buffer tensor {name!r} missing or of another shape")
+        sums[name] = np.array(stored, dtype=np.float32)
+    if set(arrays) - set(model.weights):
+        raise ValueError(
+            f"buffer has tensors the model lacks: {sorted(set(arrays) - set(model.weights))}"
+        )
+    return sums
+
+
 @dataclass(frozen=True)
 class Contribution:
     """A validated update: names and shapes match the model, base version known."""
@@ -77,9 +92,22 @@ class Strategy(ABC):
     def apply(self, contribution: Contribution, now: float) -> Outcome:
         """Take one contribution; may produce a new version."""
 
+    def due(self, now: float) -> bool:
+        """Would ``tick(now)`` make a new version? (Pure: the service journals the tick
+        before it lets it happen.)"""
+        return False
+
     def tick(self, now: float) -> bool:
         """Time passes; True if that produced a new version."""
         return False
+
+    def export_state(self) -> tuple[dict[str, Any], Weights]:
+        """Everything but the model that the next version depends on (buffers, round
+        state), as JSON-able fields and arrays: persisted with the coordinator's state."""
+        return {}, {}
+
+    def restore_state(self, fields: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:  # noqa: B027
+        """The inverse of ``export_state`` (on a restart)."""
 
     def start_round(self, now: float, agents_online: int) -> None:  # noqa: B027
         """A new version was published (sync strategies start a round; others need not)."""

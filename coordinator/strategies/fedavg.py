@@ -10,8 +10,18 @@ reason "late", or, with ``late_updates: apply``, added to the current round as s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from configs.coordinator import FedAvgSettings
-from coordinator.strategies.base import Contribution, GlobalModel, Outcome, Strategy
+from coordinator.strategies.base import (
+    Contribution,
+    GlobalModel,
+    Outcome,
+    Strategy,
+    Weights,
+    restore_sums,
+)
 from coordinator.strategies.weights import fedbuff_staleness_weight, sample_weight
 
 
@@ -64,17 +74,38 @@ class FedAvg(Strategy):
         closed = self._close_if_due(now)
         return Outcome(True, staleness, new_version=closed)
 
+    def export_state(self) -> tuple[dict[str, Any], Weights]:
+        fields = {
+            "expected": self._expected,
+            "deadline": self._deadline,
+            "samples": self._samples,
+            "agents": sorted(self._agents),
+        }
+        return fields, self._sums
+
+    def restore_state(self, fields: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+        self._expected = int(fields["expected"])
+        deadline = fields["deadline"]
+        self._deadline = None if deadline is None else float(deadline)
+        self._samples = int(fields["samples"])
+        self._agents = {str(agent) for agent in fields["agents"]}
+        self._sums = restore_sums(self.model, arrays)
+
+    def due(self, now: float) -> bool:
+        answered = len(self._agents)
+        everyone = answered >= self._expected
+        past_deadline = self._deadline is not None and now >= self._deadline
+        return bool(answered) and (
+            everyone or (past_deadline and answered >= self.settings.min_quorum)
+        )
+
     def tick(self, now: float) -> bool:
         return self._close_if_due(now)
 
     def _close_if_due(self, now: float) -> bool:
-        answered = len(self._agents)
-        everyone = answered >= self._expected
-        past_deadline = self._deadline is not None and now >= self._deadline
-        if not answered or not (
-            everyone or (past_deadline and answered >= self.settings.min_quorum)
-        ):
+        if not self.due(now):
             return False
+
         self._step(self._sums, self._samples, self.settings.server_learning_rate)
         self._reset()
         self._deadline = None  # the service starts the next round when it publishes

@@ -6,8 +6,18 @@ updates the model moves by server_lr x buffer / (sum of their num_samples).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from configs.coordinator import FedBuffSettings
-from coordinator.strategies.base import Contribution, GlobalModel, Outcome, Strategy
+from coordinator.strategies.base import (
+    Contribution,
+    GlobalModel,
+    Outcome,
+    Strategy,
+    Weights,
+    restore_sums,
+)
 from coordinator.strategies.weights import fedbuff_staleness_weight, sample_weight
 
 
@@ -24,6 +34,13 @@ class FedBuff(Strategy):
     @property
     def buffered(self) -> int:
         return self._count
+
+    def export_state(self) -> tuple[dict[str, Any], Weights]:
+        return {"samples": self._samples, "count": self._count}, self._sums
+
+    def restore_state(self, fields: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+        self._samples, self._count = int(fields["samples"]), int(fields["count"])
+        self._sums = restore_sums(self.model, arrays)
 
     def apply(self, contribution: Contribution, now: float) -> Outcome:
         staleness = self.staleness(contribution)
