@@ -20,6 +20,10 @@ class AgentSettings(BaseModel):
     broker: BrokerConnection = Field(default_factory=BrokerConnection)
     task: TaskSettings = Field(default_factory=TaskSettings)
     state_dir: Path = Path("state/agent")
+    outbox_max: int = Field(
+        8, ge=1, description="updates kept for sending while the broker is away (oldest dropped)"
+    )
+
     heartbeat_seconds: float = Field(5.0, gt=0)
     slowdown: float = Field(
         1.0, ge=1.0, description="simulated straggler: a round lasts this many times longer"

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from common.files import fsync_directory
 from coordinator.errors import StateError
 
 log = logging.getLogger("fedmq.coordinator.journal")
@@ -69,14 +70,6 @@ class Record:
             payload=bytes(fields.get("payload", b"")),
             count=int(fields.get("count", 0)),
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class Journal:
@@ -181,7 +174,7 @@ class Journal:
         path = self.directory / f"{self.last_seq + 1:012d}.log"
         self._handle = open(path, "ab")  # noqa: SIM115 - kept open across appends
         if self._fsync:
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
 
     def compact(self, seq: int) -> None:
         """Delete segments holding only records up to ``seq`` (all in a kept snapshot)."""

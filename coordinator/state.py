@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from common.files import append_durably, atomic_write
 from coordinator.errors import StateError
 from coordinator.strategies.base import Weights
 
@@ -47,21 +47,6 @@ class Snapshot:
     strategy_arrays: Weights = field(default_factory=dict)
     books: dict[str, Any] = field(default_factory=dict)  # the service's bookkeeping (JSON)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # since the previous one
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a mix, even across a power loss."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _encode(snapshot: Snapshot) -> bytes:
@@ -179,10 +164,7 @@ class Ledger:
             json.dumps({"snapshot": snapshot_number, **d}, separators=(",", ":")).encode() + b"\n"
             for d in decisions
         )
-        with open(self.path, "ab") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_durably(self.path, lines)
 
     def reconcile(self, snapshot: Snapshot) -> None:
         """Make the ledger hold exactly the decisions of snapshots up to this one: drop

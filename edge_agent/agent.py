@@ -31,6 +31,7 @@ from configs.task import DigitsData
 from edge_agent.errors import AgentError
 from edge_agent.feedback import ErrorFeedback
 from edge_agent.laq import LazyUploader, squared_norm
+from edge_agent.outbox import Outbox, load_residual, save_residual
 from edge_agent.systemd import Notifier
 from edge_agent.thermal import ThermalGate
 from edge_agent.trainer import Trainer
@@ -88,6 +89,9 @@ class Agent:
             settings.resume_training_below_c,
         )
         self._ready_sent = False
+        self.outbox = Outbox(settings.state_dir, settings.outbox_max)
+        self._outbox_changed = asyncio.Event()
+        self._drained = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -104,9 +108,20 @@ class Agent:
             await self._report_once()
             return 1
         self._expected_shapes = {n: v.shape for n, v in self.trainer.weights().items()}
-        log.info("%s ready: %d samples", self.settings.agent_id, data.size)
+        self.feedback.residual = await asyncio.to_thread(
+            load_residual, self.settings.state_dir, self._expected_shapes
+        )
+        pending = len(self.outbox.pending())
+        log.info(
+            "%s ready: %d samples; %d updates in the outbox%s",
+            self.settings.agent_id,
+            data.size,
+            pending,
+            ", error-feedback residual restored" if self.feedback.residual else "",
+        )
         tasks = [
             asyncio.create_task(self.session.run(), name="connection"),
+            asyncio.create_task(self._uploader(), name="uploader"),
             asyncio.create_task(self._training_loop(), name="training"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
@@ -257,6 +272,7 @@ class Agent:
                 await asyncio.sleep((self.settings.slowdown - 1) * result.seconds)
             self._last_trained_base = base.version
             payload = await asyncio.to_thread(self._compress, base, result.weights, result.loss)
+            await asyncio.to_thread(save_residual, self.settings.state_dir, self.feedback.residual)
             if payload is None:
                 self.status = self.status.model_copy(
                     update={"uploads_skipped": self.status.uploads_skipped + 1}
@@ -265,8 +281,10 @@ class Agent:
                 await self._publish_status()
                 continue
             update_id, data = payload
-
-            await self._send(update_id, data)
+            self._drained.clear()
+            await asyncio.to_thread(self.outbox.put, update_id, data)
+            self._outbox_changed.set()
+            await self._drained.wait()  # the next round starts once this one is delivered
 
     def _compress(
         self, base: ReceivedModel, trained: Weights, loss: float
@@ -295,24 +313,38 @@ class Agent:
         )
         return update_id, payload
 
-    async def _send(self, update_id: str, payload: bytes) -> None:
-        """Publish with QoS 1, waiting for the broker if it is away (never dropped)."""
+    async def _uploader(self) -> None:
+        """Publish the outbox oldest first with QoS 1, waiting for the broker while it is
+        away; an update leaves the outbox only when the broker has acknowledged it."""
         topic = self.topics.update(self.settings.agent_id)
-        while not self.stop_event.is_set():
+        while True:
+            pending = await asyncio.to_thread(self.outbox.pending)
+            if not pending:
+                self._drained.set()
+                self._outbox_changed.clear()
+                await self._outbox_changed.wait()
+                continue
             await self.session.connected.wait()
-            if await self._publish(topic, payload):
-                self.status = self.status.model_copy(
-                    update={
-                        "updates_sent": self.status.updates_sent + 1,
-                        "uplink_bytes": self.status.uplink_bytes + len(payload),
-                        "last_update": update_id,
-                        "last_update_at": time.time(),
-                    }
-                )
+            item = pending[0]
+            try:
+                payload = await asyncio.to_thread(item.read)
+            except FileNotFoundError:
+                continue  # dropped meanwhile (outbox full)
+            if not await self._publish(topic, payload):
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.to_thread(self.outbox.delivered, item, len(payload))
+            self.status = self.status.model_copy(
+                update={
+                    "updates_sent": self.status.updates_sent + 1,
+                    "uplink_bytes": self.status.uplink_bytes + len(payload),
+                    "last_update": item.update_id,
+                    "last_update_at": time.time(),
+                }
+            )
+            if self.status.state != AgentState.TRAINING:
                 self._set_status(AgentState.IDLE)
-                await self._publish_status()
-                return
-            await asyncio.sleep(0.5)
+            await self._publish_status()
 
     # --- status -------------------------------------------------------------------------
 
