@@ -31,9 +31,11 @@ def start_agent(
             "password": broker.provision(name),
         },
         "heartbeat_seconds": 0.5,
+        "state_dir": str(directory / "state" / name),
         **settings,
     }
     path = directory / f"{name}.yaml"
+
     path.write_text(yaml.safe_dump(config))
     with open(directory / f"{name}.log", "wb") as log:
         return subprocess.Popen(
