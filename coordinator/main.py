@@ -8,6 +8,7 @@ import signal
 
 from configs.coordinator import CoordinatorSettings
 from coordinator import checkpoint
+from coordinator.errors import CoordinatorError
 from coordinator.evaluation import Evaluator
 from coordinator.service import Coordinator
 from coordinator.strategies import GlobalModel
@@ -35,7 +36,15 @@ async def serve(settings: CoordinatorSettings) -> int:
         return 0
     model = initial_model(settings, evaluator)
     coordinator = Coordinator(settings, model, evaluate=evaluator.accuracy, stop_event=stopping)
-    return await coordinator.run()
+    try:
+        coordinator.metrics.start_http(settings.metrics.host, settings.metrics.port)
+    except CoordinatorError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    try:
+        return await coordinator.run()
+    finally:
+        await asyncio.to_thread(coordinator.metrics.stop_http)  # waits for a poll interval
 
 
 def run(settings: CoordinatorSettings) -> int:

@@ -38,6 +38,7 @@ from common.mqtt import Session
 from common.topics import Topics
 from configs.coordinator import CoordinatorSettings
 from coordinator import checkpoint
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.strategies import GlobalModel, Outcome, Strategy, make_strategy
 from coordinator.validation import Rejected, validate
 
@@ -97,6 +98,7 @@ class Coordinator:
         self.control = Control(mode=settings.effective_mode, training=settings.training)
         self.state = CoordinatorState.STARTING
         self.counters = Counters()
+        self.metrics = CoordinatorMetrics(settings.job, self.strategy.name)
         self.recent = RecentIds(settings.duplicate_window)
         self.agents: dict[str, AgentStatus] = {}
         self.last_accuracy: float | None = None
@@ -221,6 +223,7 @@ class Coordinator:
         if is_online != was_online:
             async with self._strategy_lock:
                 self.strategy.agents_online_changed(self.agents_online)
+            self.metrics.agents_online(self.agents_online)
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
@@ -242,6 +245,7 @@ class Coordinator:
 
     def _reject(self, agent: str, reason: str, detail: str, **fields: Any) -> Handled:
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+        self.metrics.rejected(reason)
         log.info("rejected update from %s: %s (%s)", agent, reason, detail)
         return Handled(
             [
@@ -258,8 +262,10 @@ class Coordinator:
     def _handle_update(self, agent: str, payload: bytes) -> Handled:
         """Worker thread: decode, validate, aggregate. Never raises for bad input."""
         self.counters.uplink_bytes += len(payload)
+        self.metrics.received(len(payload))
         try:
-            update = decode_update(payload, limits=self.limits)
+            with self.metrics.decoding():
+                update = decode_update(payload, limits=self.limits)
         except CodecError as error:
             return self._reject(agent, "malformed", str(error), bytes=len(payload))
         fields: dict[str, Any] = {
@@ -284,7 +290,8 @@ class Coordinator:
             )
         except Rejected as rejected:
             return self._reject(agent, rejected.reason, rejected.detail, **fields)
-        outcome: Outcome = self.strategy.apply(contribution, time.time())
+        with self.metrics.aggregating():
+            outcome: Outcome = self.strategy.apply(contribution, time.time())
         if not outcome.accepted:
             assert outcome.reason is not None
             return self._reject(
@@ -296,6 +303,7 @@ class Coordinator:
             )
         self.recent.add(update.update_id)
         self.counters.accepted += 1
+        self.metrics.accepted(outcome.staleness, self.strategy.buffered)
         events = [
             Event(
                 type=EventType.UPDATE_ACCEPTED,
@@ -334,6 +342,7 @@ class Coordinator:
         )
         self.published_version = version
         self.strategy.start_round(time.time(), self.agents_online)
+        self.metrics.published(version, self.last_accuracy, self.strategy.buffered)
 
         await self._publish(self.topics.model, self._model_payload, retain=True)
         await self._emit(
