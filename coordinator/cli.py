@@ -193,8 +193,7 @@ def agents(
     prefix: PrefixOption = "fedmq",
     output: FormatOption = "table",
 ) -> None:
-    """Every agent's retained status: state, base version, staleness, uplink, temperature,
-    GPU load and power (Jetson).
+    """Every agent's retained status: state, base version, staleness, uplink, temperature.
     Exit 0; 3 if no agent has reported; 4 broker error."""
     snapshot = _snapshot(host, port, username, password, job, prefix)
     if not snapshot.agents:
@@ -217,8 +216,6 @@ def agents(
                 "staleness": staleness,
                 "uplink_bytes": agent.uplink_bytes,
                 "temperature_c": agent.temperature_c,
-                "gpu_load": agent.gpu_load,
-                "power_mw": agent.power_mw,
             }
         )
     _show(rows, rows, f"fedmq job {job}: agents", output)
