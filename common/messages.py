@@ -69,6 +69,9 @@ class AgentStatus(Message):
     error: str | None = None
     temperature_c: float | None = Field(None, description="hottest thermal zone, if any")
     deferred: str | None = Field(None, description="why training waits (e.g. too hot)")
+    gpu_load: float | None = Field(None, ge=0, le=1, description="Jetson GPU load, if any")
+    power_mw: int | None = Field(None, ge=0, description="module power (mW), if measured")
+    power_rails_mw: dict[str, int] | None = Field(None, description="mW per measured rail")
 
 
 # --- control ------------------------------------------------------------------------------

@@ -37,6 +37,13 @@ class AgentSettings(BaseModel):
         None, description="defer training while the hottest zone is above this; None never"
     )
     resume_training_below_c: float = Field(70.0, description="resume once below this")
+    sysfs_root: Path = Field(
+        Path("/sys"), description="where Jetson GPU load and power rails are read (sysfs)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus endpoint port; None: off; 0: a free port"
+    )
     nice: int = Field(
         0, ge=0, le=19, description="lower the process priority (a shared machine, a local run)"
     )

@@ -72,6 +72,13 @@ class RateLimitSettings(_Strict):
     burst: int = Field(30, ge=1)
 
 
+class MetricsEndpoint(_Strict):
+    """The Prometheus endpoint (``/metrics``); off unless a port is set."""
+
+    host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 for every one")
+    port: int | None = Field(None, ge=0, le=65535, description="None: off; 0: a free port")
+
+
 class CoordinatorSettings(_Strict):
     job: str = Field("digits", pattern=TOPIC_LEVEL, description="a single topic level")
     topic_prefix: str = Field("fedmq", pattern=TOPIC_LEVEL)
@@ -99,6 +106,7 @@ class CoordinatorSettings(_Strict):
     max_update_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     duplicate_window: int = Field(10_000, ge=1, description="recent update ids remembered")
     seed: int = 0
+    metrics: MetricsEndpoint = Field(default_factory=MetricsEndpoint)
 
     _strategy_tag = field_validator("strategy", mode="before")(default_tag("name", "fedbuff"))
 

@@ -8,7 +8,7 @@ import signal
 
 from configs.coordinator import CoordinatorSettings
 from coordinator import state
-from coordinator.errors import StateError
+from coordinator.errors import CoordinatorError, StateError
 from coordinator.evaluation import Evaluator
 from coordinator.service import Coordinator
 from coordinator.strategies import GlobalModel
@@ -39,10 +39,21 @@ async def serve(settings: CoordinatorSettings) -> int:
             stop_event=stopping,
             resume=resume,
         )
-        return await coordinator.run()
     except StateError as error:
         log.error("cannot resume: %s", error)
         return EXIT_STATE
+    try:
+        coordinator.metrics.start_http(settings.metrics.host, settings.metrics.port)
+    except CoordinatorError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    try:
+        return await coordinator.run()
+    except StateError as error:
+        log.error("cannot continue: %s", error)
+        return 1
+    finally:
+        await asyncio.to_thread(coordinator.metrics.stop_http)  # waits for a poll interval
 
 
 def run(settings: CoordinatorSettings) -> int:

@@ -55,6 +55,7 @@ from coordinator.books import (
 )
 from coordinator.errors import StateError
 from coordinator.journal import CLOSE, ONLINE, UPDATE, Journal, Record
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.strategies import GlobalModel, Outcome, Strategy, make_strategy
 from coordinator.validation import Rejected, validate
 
@@ -92,6 +93,7 @@ class Coordinator:
         self.state = CoordinatorState.STARTING
         self.counters = Counters()
         self.books: dict[str, AgentBook] = {}
+        self.metrics = CoordinatorMetrics(settings.job, self.strategy.name)
         self.recent = RecentIds(settings.duplicate_window)
         self.limiter = RateLimiter(
             settings.rate_limit.updates_per_minute, settings.rate_limit.burst
@@ -360,6 +362,7 @@ class Coordinator:
                 count = self.agents_online
                 if count != self._online:
                     await asyncio.to_thread(self._online_changed, count, time.time())
+            self.metrics.agents_online(self.agents_online)
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
@@ -401,6 +404,7 @@ class Coordinator:
         self, agent: str, reason: str, detail: str, seq: int | None = None, **fields: Any
     ) -> Handled:
         self.counters.reject(reason)
+        self.metrics.rejected(reason)
         if agent in self.books or seq is not None:  # unknown senders get no book (floods)
             self._book(agent).rejected += 1
         if seq is not None:
@@ -433,8 +437,10 @@ class Coordinator:
 
     def _receive_update(self, agent: str, payload: bytes, now: float) -> Handled:
         """Worker thread: decode; journal what decoded; apply. Never raises for bad input."""
+        self.metrics.received(len(payload))
         try:
-            update = decode_update(payload, limits=self.limits)
+            with self.metrics.decoding():
+                update = decode_update(payload, limits=self.limits)
         except CodecError as error:
             self.counters.uplink_bytes += len(payload)
             return self._reject(agent, "malformed", str(error), bytes=len(payload))
@@ -480,7 +486,8 @@ class Coordinator:
             )
         except Rejected as rejected:
             return self._reject(agent, rejected.reason, rejected.detail, seq=record.seq, **fields)
-        outcome: Outcome = self.strategy.apply(contribution, record.time)
+        with self.metrics.aggregating():
+            outcome: Outcome = self.strategy.apply(contribution, record.time)
         if not outcome.accepted:
             assert outcome.reason is not None
             return self._reject(
@@ -497,6 +504,7 @@ class Coordinator:
         book.accepted += 1
         book.last_update_at, book.last_staleness = record.time, outcome.staleness
         self._decide(record.seq, agent, "accepted", fields)
+        self.metrics.accepted(outcome.staleness, self.strategy.buffered)
         events = [
             Event(
                 type=EventType.UPDATE_ACCEPTED,
@@ -533,6 +541,7 @@ class Coordinator:
         self.strategy.start_round(now, self._online)
         await self._save_snapshot()
         self.published_version = version
+        self.metrics.published(version, self.last_accuracy, self.strategy.buffered)
 
         await self._publish(self.topics.model, self._model_payload or b"", retain=True)
         await self._emit(

@@ -30,7 +30,9 @@ from configs.agent import AgentSettings
 from configs.task import DigitsData
 from edge_agent.errors import AgentError
 from edge_agent.feedback import ErrorFeedback
+from edge_agent.jetson import JetsonTelemetry
 from edge_agent.laq import LazyUploader, squared_norm
+from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, load_residual, save_residual
 from edge_agent.systemd import Notifier
 from edge_agent.thermal import ThermalGate
@@ -92,6 +94,8 @@ class Agent:
         self.outbox = Outbox(settings.state_dir, settings.outbox_max)
         self._outbox_changed = asyncio.Event()
         self._drained = asyncio.Event()
+        self.jetson = JetsonTelemetry(settings.sysfs_root)
+        self.metrics = AgentMetrics(settings.agent_id, settings.job, lambda: self.status)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -102,7 +106,8 @@ class Agent:
             self.trainer = await asyncio.to_thread(
                 Trainer, self.settings.task, data, self.settings.threads, seed
             )
-        except TaskError as error:
+            self.metrics.start_http(self.settings.metrics_host, self.settings.metrics_port)
+        except (TaskError, AgentError) as error:
             log.error("cannot start: %s", error)
             self._set_status(AgentState.ERROR, error=str(error))
             await self._report_once()
@@ -159,6 +164,7 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+        await asyncio.to_thread(self.metrics.stop_http)
 
     async def _report_once(self) -> None:
         """Connect just long enough to publish the status (a start-up error)."""
@@ -268,6 +274,7 @@ class Agent:
             self._set_status(AgentState.TRAINING, base_version=base.version)
             await self._publish_status()
             result = await asyncio.to_thread(self.trainer.train, base.weights, settings)
+            self.metrics.trained(result.seconds)
             if self.settings.slowdown > 1:
                 await asyncio.sleep((self.settings.slowdown - 1) * result.seconds)
             self._last_trained_base = base.version
@@ -359,7 +366,10 @@ class Agent:
 
     async def _publish_status(self) -> None:
         hottest = await asyncio.to_thread(self.thermal.hottest)
-        self.status = self.status.model_copy(update={"temperature_c": hottest})
+        device = await asyncio.to_thread(self.jetson.read)
+        self.status = self.status.model_copy(
+            update={"temperature_c": hottest, **device.status_fields()}
+        )
 
         base = self.status.base_version
         self.notifier.status(

@@ -14,6 +14,7 @@ import yaml
 from broker.dev import DevBroker
 from common.topics import Topics
 from tests.integration.conftest import Listener, environment, start_coordinator, stop
+from tests.integration.test_metrics import metrics_port, sample, scrape
 
 TOPICS = Topics("fedmq", "agenttest")
 
@@ -97,13 +98,31 @@ def test_sigterm_during_training_is_bounded(broker: DevBroker, tmp_path: Path):
         stop(coordinator)
 
 
+def fake_jetson(root: Path) -> None:
+    """An Orin's GPU load (devfreq) and one INA3221 with the module's input rail."""
+    (root / "class/devfreq/17000000.gpu/device").mkdir(parents=True)
+    (root / "class/devfreq/17000000.gpu/device/load").write_text("420\n")
+    hwmon = root / "class/hwmon/hwmon1"
+    hwmon.mkdir(parents=True)
+    readings = {
+        "name": "ina3221",
+        "in1_label": "VDD_IN",
+        "in1_input": "19000",
+        "curr1_input": "600",
+    }
+    for name, text in readings.items():
+        (hwmon / name).write_text(text + "\n")
+
+
 def test_a_hot_device_reports_its_temperature_and_defers_training(
     broker: DevBroker, tmp_path: Path
 ):
+    """Also: Jetson telemetry in the status, and the agent's metrics endpoint."""
     sysfs = tmp_path / "thermal"
     (sysfs / "thermal_zone0").mkdir(parents=True)
     (sysfs / "thermal_zone0" / "type").write_text("GPU-therm\n")
     (sysfs / "thermal_zone0" / "temp").write_text("91500\n")
+    fake_jetson(tmp_path / "sys")
     coordinator = start_coordinator(broker, tmp_path, job="agenttest", evaluate_every=0)
     try:
         agent = start_agent(
@@ -113,14 +132,28 @@ def test_a_hot_device_reports_its_temperature_and_defers_training(
             thermal_root=str(sysfs),
             defer_training_above_c=85.0,
             resume_training_below_c=75.0,
+            sysfs_root=str(tmp_path / "sys"),
+            metrics_port=0,
         )
         seen = statuses(broker, "agent-hot", lambda s: any(x.get("deferred") for x in s))
         assert any(s.get("deferred") == "too hot" for s in seen), seen
         assert all(s["state"] != "training" for s in seen)
         assert seen[-1]["temperature_c"] == 91.5
+        assert (seen[-1]["gpu_load"], seen[-1]["power_mw"]) == (0.42, 11400)
+        assert seen[-1]["power_rails_mw"] == {"VDD_IN": 11400}
+        port = metrics_port(tmp_path / "agent-hot.log", agent)
+        deferred = scrape(port)
+        assert sample(deferred, "fedmq_agent_temperature_celsius") == 91.5
+        assert sample(deferred, "fedmq_agent_gpu_load_ratio") == 0.42
+        assert sample(deferred, "fedmq_agent_power_watts") == 11.4
+        assert sample(deferred, "fedmq_agent_training_seconds_count") == 0
         (sysfs / "thermal_zone0" / "temp").write_text("60000\n")  # cooled down
-        seen = statuses(broker, "agent-hot", lambda s: any(x["state"] == "training" for x in s))
+        seen = statuses(broker, "agent-hot", lambda s: any(x["updates_sent"] > 0 for x in s))
         assert any(s["state"] == "training" for s in seen)
+        trained = scrape(port)
+        assert sample(trained, "fedmq_agent_training_seconds_count") >= 1
+        assert sample(trained, "fedmq_agent_updates_sent_total") >= 1
+        assert sample(trained, "fedmq_agent_sent_bytes_total") > 0
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
     finally:
