@@ -53,6 +53,10 @@ def load_data(settings: AgentSettings) -> Dataset:
     return load_npz(data.path)
 
 
+def all_finite(weights: Weights) -> bool:
+    return all(bool(np.isfinite(value).all()) for value in weights.values())
+
+
 @dataclass
 class ReceivedModel:
     version: int
@@ -82,6 +86,8 @@ class Agent:
             bytes_per_second=1e5,
         )
         self._last_trained_base: int | None = None
+        self._diverged_on: int | None = None  # a base version whose training blew up
+
         self._limits = DecodeLimits()
         self._expected_shapes: dict[str, tuple[int, ...]] = {}
         self.notifier = Notifier()  # systemd (Type=notify); a no-op elsewhere
@@ -253,6 +259,8 @@ class Agent:
         control, model = self.control, self.model
         if control is None or model is None or control.state != RunState.RUN:
             return False
+        if self._diverged_on is not None and model.version <= self._diverged_on:
+            return False
         if control.mode == Mode.SYNC:
             return self._last_trained_base is None or model.version > self._last_trained_base
         return True
@@ -278,6 +286,14 @@ class Agent:
             if self.settings.slowdown > 1:
                 await asyncio.sleep((self.settings.slowdown - 1) * result.seconds)
             self._last_trained_base = base.version
+            if not await asyncio.to_thread(all_finite, result.weights):
+                # never publish garbage: wait for another model rather than diverge again
+                self._diverged_on = base.version
+                reason = f"training from version {base.version} diverged (NaN or Inf weights)"
+                log.error("%s: update not sent; waiting for a new model", reason)
+                self._set_status(AgentState.ERROR, error=reason)
+                await self._publish_status()
+                continue
             payload = await asyncio.to_thread(self._compress, base, result.weights, result.loss)
             await asyncio.to_thread(save_residual, self.settings.state_dir, self.feedback.residual)
             if payload is None:

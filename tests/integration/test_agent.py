@@ -166,3 +166,30 @@ def test_bad_config_exits_2_with_one_line(broker: DevBroker, tmp_path: Path):
     assert process.wait(60) == 2
     lines = [line for line in (tmp_path / "agent-bad.log").read_text().splitlines() if line]
     assert len(lines) == 1 and "slowdown" in lines[0]
+
+
+def test_training_that_diverges_is_an_error_and_nothing_is_published(
+    broker: DevBroker, tmp_path: Path
+):
+    """Finite but absurd data blows the weights up to NaN: the agent reports it and sends
+    nothing (the coordinator neither accepts nor rejects anything from it)."""
+    import numpy as np
+
+    data = tmp_path / "absurd.npz"
+    labels = np.arange(64) % 10
+    np.savez(data, x=np.full((64, 64), 1e30, np.float32), y=labels.astype(np.int64))
+    coordinator = start_coordinator(broker, tmp_path, job="agenttest", evaluate_every=0)
+    agent = None
+    try:
+        agent = start_agent(
+            broker, tmp_path, "agent-nan", task={"data": {"kind": "npz", "path": str(data)}}
+        )
+        seen = statuses(broker, "agent-nan", lambda s: any(x["state"] == "error" for x in s))
+        errors = [s["error"] for s in seen if s["state"] == "error"]
+        assert errors and "diverged" in errors[0], seen
+        assert all(s["updates_sent"] == 0 for s in seen)
+        assert "diverged" in (tmp_path / "agent-nan.log").read_text()
+    finally:
+        if agent is not None:
+            stop(agent)
+        stop(coordinator)
