@@ -13,6 +13,9 @@ Accounts and rights (``prefix`` is the topic root, ``+`` matches any job):
   account, so ``monitor`` and ``coordinator`` could write ``update/<own name>`` and
   ``agents/<own name>/status``: the coordinator ignores service accounts on agent topics.)
 
+An account is a username: a line of the password file on the password listener, or the CN
+of a client certificate on the optional TLS listener (``use_identity_as_username``). Both
+get the same rights (docs/security.md).
 """
 
 from __future__ import annotations
