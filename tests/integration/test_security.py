@@ -1,6 +1,7 @@
-"""Identity and access over TLS, against a real Mosquitto running the project's rendered
-configuration with both listeners: passwords (the session ``broker`` has the same one) and
-TLS with client certificates made by broker/tls.py, the certificate's CN as username.
+"""Identity and access, against a real Mosquitto running the project's rendered
+configuration with both listeners: the password listener (as on the session ``broker``) and
+the TLS listener, where a client certificate made by broker/tls.py is the identity (its CN
+is the username).
 
 Under MQTT 3.1.1 Mosquitto acknowledges a denied publish and drops it, so every "cannot"
 below is proved by a privileged subscriber that receives an allowed message from the same
@@ -51,7 +52,7 @@ EVERYTHING = (
 
 
 class TlsBroker(DevBroker):
-    """The development broker with the TLS listener of ``configs.broker.TlsListener``."""
+    """The development broker plus the TLS listener that broker/config.py renders."""
 
     def __init__(self, directory: Path, pki: Layout) -> None:
         self.pki = pki
@@ -133,8 +134,8 @@ def plain(broker: TlsBroker, **login: Any) -> dict[str, Any]:
 
 
 async def connects(options: dict[str, Any]) -> None:
-    async with aiomqtt.Client(**options) as client:
-        await client.publish(TOPICS.agent_status("probe"), b"", qos=1)
+    async with aiomqtt.Client(**options):  # CONNACK: the broker accepted the client
+        pass
 
 
 async def publish_all(options: dict[str, Any], messages: list[tuple[str, bytes]]) -> None:
