@@ -81,6 +81,13 @@ class _Authority:
 def _write(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
     """Write through a temporary file; without ``replace`` the final link fails if ``path``
     appeared meanwhile, so an existing file is never clobbered."""
+    try:
+        _write_file(path, data, mode=mode, replace=replace)
+    except OSError as error:
+        raise BrokerError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _write_file(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):

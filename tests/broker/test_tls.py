@@ -255,3 +255,9 @@ def test_cli_creates_the_pki_and_reports_errors_in_one_line(tmp_path: Path):
     assert "a CA is already there" in again.stderr
     wrong = runner.invoke(app, ["certs", "device", "coordinator", "--dir", directory])
     assert wrong.exit_code == 2 and "--service" in wrong.stderr
+
+
+def test_an_unwritable_directory_is_one_clear_error(tmp_path: Path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BrokerError, match="cannot write"):
+        create_ca(tmp_path / "file" / "pki")
