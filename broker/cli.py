@@ -1,12 +1,12 @@
-"""``fedmq-broker``: provision accounts, print the Mosquitto configuration, run a private
-development broker."""
+"""``fedmq-broker``: provision accounts and certificates, print the Mosquitto configuration,
+run a private development broker."""
 
 from __future__ import annotations
 
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -14,12 +14,35 @@ from broker.config import render_acl, render_mosquitto_conf
 from broker.dev import local_broker
 from broker.errors import BrokerError
 from broker.provision import provision_account
+from broker.tls import (
+    CA_DAYS,
+    DEFAULT_SERVER_NAMES,
+    LEAF_DAYS,
+    create_ca,
+    issue_client_certificate,
+    issue_server_certificate,
+    revoke_client_certificate,
+)
 from common.cli import run_app
-from configs.broker import MosquittoSettings
+from configs.broker import TLS_DIRECTORY, MosquittoSettings
 from configs.errors import ConfigError
 from configs.loading import exit_on_config_error, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+certs = typer.Typer(
+    no_args_is_help=True,
+    help="TLS: a private CA, the broker's certificate, one client certificate per device.",
+)
+app.add_typer(certs, name="certs")
+
+Directory = Annotated[Path, typer.Option("--dir", help="where the CA and certificates live")]
+Days = Annotated[int, typer.Option(help="validity in days")]
+Replace = Annotated[bool, typer.Option(help="renew an existing certificate")]
+
+
+def fail(error: BrokerError) -> NoReturn:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2) from error
 
 
 @app.command()
@@ -36,12 +59,105 @@ def provision(
     try:
         created = provision_account(password_file, name, password=password, rotate=rotate)
     except BrokerError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
+        fail(error)
     if created is None:
         typer.echo(f"{name}: already provisioned (unchanged)")
     else:
         typer.echo(f"{name}: {created}")
+
+
+@certs.command("ca")
+def certs_ca(
+    directory: Directory = Path(TLS_DIRECTORY),
+    name: Annotated[str, typer.Option(help="the CA's common name")] = "fedmq CA",
+    days: Days = CA_DAYS,
+) -> None:
+    """Create the CA and an empty revocation list.
+
+    Writes ca.key (mode 0600), ca.crt and crl.pem; refuses to replace an existing CA."""
+    try:
+        layout = create_ca(directory, name=name, days=days)
+    except BrokerError as error:
+        fail(error)
+    typer.echo(f"CA: {layout.ca_cert} (key {layout.ca_key}, keep it private); CRL: {layout.crl}")
+
+
+@certs.command("server")
+def certs_server(
+    host: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="names and IPs clients use to reach the broker (default: localhost 127.0.0.1)"
+        ),
+    ] = None,
+    directory: Directory = Path(TLS_DIRECTORY),
+    days: Days = LEAF_DAYS,
+    replace: Replace = False,
+) -> None:
+    """Issue the broker's certificate (server.crt, server.key)."""
+    try:
+        cert, key = issue_server_certificate(
+            directory, host or DEFAULT_SERVER_NAMES, days=days, replace=replace
+        )
+    except BrokerError as error:
+        fail(error)
+    typer.echo(f"server certificate: {cert} (key {key}); reload the broker to use a new one")
+
+
+def _client(name: str, directory: Path, days: int, replace: bool, service: bool) -> None:
+    try:
+        cert, key = issue_client_certificate(
+            directory, name, service=service, days=days, replace=replace
+        )
+    except BrokerError as error:
+        fail(error)
+    ca = directory / "ca.crt"
+    typer.echo(f"{name}: certificate {cert}, key {key}")
+    typer.echo(
+        f"the client needs {ca}, {cert} and {key} (broker.tls: ca_file, cert_file, key_file)"
+    )
+
+
+@certs.command("device")
+def certs_device(
+    name: Annotated[str, typer.Argument(help="the agent id: the certificate's CN and username")],
+    directory: Directory = Path(TLS_DIRECTORY),
+    days: Days = LEAF_DAYS,
+    replace: Replace = False,
+) -> None:
+    """Issue a device's client certificate (CN = its agent id).
+
+    Renewing one (--replace) revokes the old one."""
+    _client(name, directory, days, replace, service=False)
+
+
+@certs.command("service")
+def certs_service(
+    name: Annotated[str, typer.Argument(help="coordinator or monitor")],
+    directory: Directory = Path(TLS_DIRECTORY),
+    days: Days = LEAF_DAYS,
+    replace: Replace = False,
+) -> None:
+    """Issue a certificate for the coordinator or monitor account.
+
+    These accounts have more rights than a device: keep their keys off the devices."""
+    _client(name, directory, days, replace, service=True)
+
+
+@certs.command("revoke")
+def certs_revoke(
+    name: Annotated[str, typer.Argument(help="the device (or service) to shut out")],
+    directory: Directory = Path(TLS_DIRECTORY),
+) -> None:
+    """Revoke a client's current certificate (adds it to crl.pem).
+
+    Reload the broker (SIGHUP) for new connections to be refused; restart it to also drop a
+    connection already open."""
+    try:
+        serial = revoke_client_certificate(directory, name)
+    except BrokerError as error:
+        fail(error)
+    typer.echo(f"{name}: certificate {serial:x} revoked in {directory / 'crl.pem'}")
 
 
 @app.command()

@@ -18,9 +18,11 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import aiomqtt
+
+from configs.broker import BrokerConnection
 
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 
@@ -54,6 +56,36 @@ def _manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], Ack]:
         return ack
 
     return ack_for
+
+
+class ClientOptions(TypedDict):
+    hostname: str
+    port: int
+    username: str | None
+    password: str | None
+    tls_params: aiomqtt.TLSParameters | None
+
+
+def client_options(connection: BrokerConnection, *, username: str | None = None) -> ClientOptions:
+    """The ``aiomqtt.Client`` arguments saying where the broker is and who we are, one place
+    for every client. ``username`` is used when the connection names none (an agent's id).
+    With a client certificate on an identity listener the broker takes the username from the
+    certificate's CN and ignores these two; the broker's own certificate is always checked
+    against ``tls.ca_file`` and the host name."""
+    tls = connection.tls
+    return {
+        "hostname": connection.host,
+        "port": connection.port,
+        "username": connection.username or username,
+        "password": connection.password.get_secret_value() if connection.password else None,
+        "tls_params": None
+        if tls is None
+        else aiomqtt.TLSParameters(
+            ca_certs=str(tls.ca_file),
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+        ),
+    }
 
 
 class Session:

@@ -13,6 +13,7 @@ import aiomqtt
 
 from common.errors import ProtocolError
 from common.messages import AgentStatus, CoordinatorStatus, parse
+from common.mqtt import client_options
 from common.topics import Topics
 from configs.broker import BrokerConnection
 
@@ -32,11 +33,8 @@ class Snapshot:
 
 async def _collect(broker: BrokerConnection, topics: Topics, timeout: float) -> Snapshot:
     snapshot = Snapshot()
-    password = broker.password.get_secret_value() if broker.password else None
     try:
-        async with aiomqtt.Client(
-            broker.host, broker.port, username=broker.username, password=password, timeout=timeout
-        ) as client:
+        async with aiomqtt.Client(**client_options(broker), timeout=timeout) as client:
             await client.subscribe(topics.coordinator_status, qos=1)
             await client.subscribe(topics.all_agent_statuses, qos=1)
             deadline = time.monotonic() + timeout

@@ -41,7 +41,7 @@ from common.messages import (
     RunState,
     parse,
 )
-from common.mqtt import Ack, Session
+from common.mqtt import Ack, Session, client_options
 from common.topics import Topics
 from configs.coordinator import CoordinatorSettings
 from coordinator import state
@@ -292,10 +292,7 @@ class Coordinator:
         broker = self.settings.broker
         offline = self._status(CoordinatorState.STOPPED)  # the last will: we vanished
         return aiomqtt.Client(
-            hostname=broker.host,
-            port=broker.port,
-            username=broker.username,
-            password=broker.password.get_secret_value() if broker.password else None,
+            **client_options(broker),
             identifier=f"fedmq-coordinator-{self.settings.job}",
             clean_session=False,  # queued QoS 1 updates wait for us across reconnects
             keepalive=broker.keepalive,

@@ -22,7 +22,7 @@ import numpy as np
 from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
 from common.errors import ProtocolError, TaskError
 from common.messages import AgentState, AgentStatus, Control, Mode, RunState, parse
-from common.mqtt import Ack, Session
+from common.mqtt import Ack, Session, client_options
 from common.tasks.data import Dataset, DigitsFederation, load_npz
 from common.tasks.models import Weights
 from common.topics import Topics
@@ -190,10 +190,7 @@ class Agent:
         broker = self.settings.broker
         offline = AgentStatus(agent=self.settings.agent_id, state=AgentState.OFFLINE)
         return aiomqtt.Client(
-            hostname=broker.host,
-            port=broker.port,
-            username=broker.username or self.settings.agent_id,
-            password=broker.password.get_secret_value() if broker.password else None,
+            **client_options(broker, username=self.settings.agent_id),
             identifier=f"fedmq-agent-{self.settings.job}-{self.settings.agent_id}",
             clean_session=False,
             keepalive=broker.keepalive,
