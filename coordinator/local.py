@@ -84,6 +84,14 @@ class Progress:
         )
 
 
+def process_command(module: str, config: str, python: str = sys.executable) -> list[str]:
+    """The argv of a ``coordinator`` or ``edge_agent`` process. compose.yaml runs the same
+    commands (tests/test_compose.py compares them), so the two cannot drift apart."""
+    command = [python, "-m", module]
+    command += ["run"] if module == "coordinator" else []
+    return [*command, "--config", config]
+
+
 class LocalFederation:
     def __init__(self, settings: LocalRunSettings, console: Console | None = None) -> None:
         self.settings = settings
@@ -122,9 +130,7 @@ class LocalFederation:
         }
 
     def _spawn(self, module: str, config: Path, log_name: str) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", module]
-        command += ["run"] if module == "coordinator" else []
-        command += ["--config", str(config)]
+        command = process_command(module, str(config))
         with open(self.output / "logs" / log_name, "ab") as log:  # the child keeps its own
             return subprocess.Popen(
                 command,
