@@ -9,33 +9,26 @@ never waits for the event loop. docs/metrics.md lists every metric.
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import AbstractContextManager
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    disable_created_metrics,
     generate_latest,
-    start_http_server,
 )
 
+from common.metrics_http import MetricsEndpoint
 from coordinator.errors import CoordinatorError
 from coordinator.validation import REASONS
-
-# The text format would repeat every counter and histogram as a "_created" gauge: noise here.
-disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 log = logging.getLogger("fedmq.coordinator.metrics")
 
 STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
 # decoding a large update, or aggregating it, takes milliseconds to seconds
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-STOP_SECONDS = 5.0
 
 
 class CoordinatorMetrics:
@@ -88,8 +81,7 @@ class CoordinatorMetrics:
             "fedmq_last_accuracy", "test accuracy of the last evaluated version", registry=None
         )
         self._accuracy_registered = False
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.endpoint = MetricsEndpoint(self.registry)
 
     # --- what the service reports (one call each) ----------------------------------------
 
@@ -131,27 +123,14 @@ class CoordinatorMetrics:
 
     def start_http(self, host: str, port: int | None) -> int | None:
         """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
-        if port is None:
-            return None
-        if self._server is not None:
-            raise CoordinatorError("the metrics endpoint is already running")
         try:
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        except OSError as error:
+            return self.endpoint.start(host, port)
+        except (OSError, RuntimeError) as error:
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise CoordinatorError(
-                f"metrics endpoint: cannot listen on {host}:{port} ({error.strerror or error})"
+                f"metrics endpoint: cannot listen on {host}:{port} ({detail})"
             ) from error
-        bound = int(self._server.server_port)
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
 
     def stop_http(self) -> None:
         """Stop serving and release the port (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()  # shutdown() alone keeps the socket bound
-        if thread is not None:
-            thread.join(STOP_SECONDS)
+        self.endpoint.stop()

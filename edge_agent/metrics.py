@@ -10,31 +10,24 @@ A private registry, as on the coordinator. docs/metrics.md lists every metric.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
-    disable_created_metrics,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from common.messages import AgentStatus
+from common.metrics_http import MetricsEndpoint
 from edge_agent.errors import AgentError
-
-# The text format would repeat every counter and histogram as a "_created" gauge: noise here.
-disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 log = logging.getLogger("fedmq.agent.metrics")
 
 # a round on a Jetson: a fraction of a second (a small model) to minutes
 TRAINING_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-STOP_SECONDS = 5.0
 
 
 class StatusCollector(Collector):
@@ -89,8 +82,7 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.registry.register(StatusCollector(status))
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.endpoint = MetricsEndpoint(self.registry)
 
     def trained(self, seconds: float) -> None:
         self.training_seconds.observe(seconds)
@@ -99,28 +91,15 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
     def start_http(self, host: str, port: int | None) -> int | None:
-        """Serve ``/metrics`` (port 0: a free one); None does nothing. The bound port."""
-        if port is None:
-            return None
-        if self._server is not None:
-            raise AgentError("the metrics endpoint is already running")
+        """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
         try:
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        except OSError as error:
+            return self.endpoint.start(host, port)
+        except (OSError, RuntimeError) as error:
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise AgentError(
-                f"metrics endpoint: cannot listen on {host}:{port} ({error.strerror or error})"
+                f"metrics endpoint: cannot listen on {host}:{port} ({detail})"
             ) from error
-        bound = int(self._server.server_port)
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
 
     def stop_http(self) -> None:
         """Stop serving and release the port (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(STOP_SECONDS)
+        self.endpoint.stop()
