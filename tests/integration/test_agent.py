@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from broker.dev import DevBroker
@@ -193,3 +194,53 @@ def test_training_that_diverges_is_an_error_and_nothing_is_published(
         if agent is not None:
             stop(agent)
         stop(coordinator)
+
+
+def test_a_model_that_fails_validation_is_an_error_and_is_not_used(
+    broker: DevBroker, tmp_path: Path
+):
+    """Garbage, then a well-formed model of another task, on the model topic: each is an
+    error status naming the problem; the agent keeps running and never trains on them."""
+    from codec import encode_model
+
+    topics = Topics("fedmq", "badmodel")
+    agent = start_agent(broker, tmp_path, "agent-bad", job="badmodel")
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Listener(broker, "monitor", topics.agent_status("agent-bad")) as seen:
+            assert await seen.wait_for(lambda: bool(seen.json("/status")), 90)
+            import aiomqtt
+
+            from tests.integration.conftest import credentials
+
+            async with aiomqtt.Client(**credentials(broker, "coordinator")) as coordinator:
+                await coordinator.publish(topics.model, b"\x93not a model", qos=1, retain=True)
+                assert await seen.wait_for(
+                    lambda: any(s.get("error") for s in seen.json("/status")), 30
+                )
+                other = encode_model(
+                    {"x": np.zeros(3, np.float32)},
+                    job_id="badmodel",
+                    sender_id="coordinator",
+                    version=1,
+                )
+                await coordinator.publish(topics.model, other, qos=1, retain=True)
+                assert await seen.wait_for(
+                    lambda: any(
+                        "does not match" in (s.get("error") or "") for s in seen.json("/status")
+                    ),
+                    30,
+                )
+                await coordinator.publish(topics.model, b"", qos=1, retain=True)  # clear it
+            return seen.json("/status")
+
+    try:
+        seen = asyncio.run(scenario())
+        errors = [s["error"] for s in seen if s.get("error")]
+        assert errors[0].startswith("invalid model"), errors
+        assert any("does not match the local task" in e for e in errors), errors
+        assert all(s["state"] != "training" for s in seen)
+        assert agent.poll() is None  # still running
+        assert "ignoring the model" in (tmp_path / "agent-bad.log").read_text()
+    finally:
+        stop(agent)
