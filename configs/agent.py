@@ -49,7 +49,27 @@ class AgentSettings(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _identity(self) -> AgentSettings:
+        """The broker's ACL lets an agent write only topics named after its username (the
+        certificate's CN with TLS): another name here and every update would be dropped."""
+        username = self.broker.username
+        if username is not None and username != self.agent_id:
+            raise ValueError(
+                f"broker.username {username!r} differs from agent_id {self.agent_id!r}: "
+                "the ACL would refuse every update"
+            )
+        tls = self.broker.tls
+        name = tls.certificate_name() if tls is not None else None
+        if name is not None and name != self.agent_id:
+            raise ValueError(
+                f"the client certificate is for {name!r}, not agent_id {self.agent_id!r}: "
+                "the broker would refuse every update"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _hysteresis(self) -> AgentSettings:
+
         above = self.defer_training_above_c
         if above is not None and self.resume_training_below_c >= above:
             raise ValueError("resume_training_below_c must be below defer_training_above_c")

@@ -31,6 +31,21 @@ class ClientTls(BaseModel):
             raise ValueError("cert_file and key_file go together: set both or neither")
         return self
 
+    def certificate_name(self) -> str | None:
+        """The client certificate's CN (the identity the broker will use), or None."""
+        if self.cert_file is None:
+            return None
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        try:
+            certificate = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cert_file {self.cert_file}: not a PEM certificate") from error
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
+
+
 
 class BrokerConnection(BaseModel):
     """What a client (coordinator, agent, CLI) needs to reach the broker."""
