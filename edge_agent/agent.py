@@ -21,7 +21,16 @@ import numpy as np
 
 from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
 from common.errors import ProtocolError, TaskError
-from common.messages import AgentState, AgentStatus, Control, Mode, RunState, parse
+from common.messages import (
+    AgentState,
+    AgentStatus,
+    Control,
+    CoordinatorState,
+    CoordinatorStatus,
+    Mode,
+    RunState,
+    parse,
+)
 from common.mqtt import Ack, Session, client_options
 from common.tasks.data import Dataset, DigitsFederation, load_npz
 from common.tasks.models import Weights
@@ -78,7 +87,7 @@ class Agent:
         # a Jetson on a thin uplink: publish timeouts assume 100 kB/s
         self.session = Session(
             self._new_client,
-            [self.topics.model, self.topics.control],
+            [self.topics.model, self.topics.control, self.topics.coordinator_status],
             on_message=self._route,
             on_connect=self._publish_status,
             stop=self.stop_event,
@@ -87,6 +96,7 @@ class Agent:
         )
         self._last_trained_base: int | None = None
         self._diverged_on: int | None = None  # a base version whose training blew up
+        self._coordinator_away = False
 
         self._limits = DecodeLimits()
         self._expected_shapes: dict[str, tuple[int, ...]] = {}
@@ -222,6 +232,20 @@ class Agent:
             self._changed.set()
         elif topic == self.topics.model:
             await self._on_model(payload)
+        elif topic == self.topics.coordinator_status:
+            self._on_coordinator_status(payload)
+
+    def _on_coordinator_status(self, payload: bytes) -> None:
+        """While the coordinator is gone (its last will says ``stopped``), an update could
+        only queue at the broker and come back stale: a device saves its energy instead."""
+        try:
+            away = parse(CoordinatorStatus, payload).state == CoordinatorState.STOPPED
+        except ProtocolError:
+            return  # another field's problem must not stop training; its own job to report
+        if away != self._coordinator_away:
+            log.info("coordinator %s", "away: training waits" if away else "back")
+            self._coordinator_away = away
+            self._changed.set()
 
     def _decode_model(self, payload: bytes) -> ReceivedModel:
         """Worker thread: decode and check a received model (AgentError if unusable)."""
@@ -258,6 +282,8 @@ class Agent:
             return False
         if self._diverged_on is not None and model.version <= self._diverged_on:
             return False
+        if self._coordinator_away:
+            return False
         if control.mode == Mode.SYNC:
             return self._last_trained_base is None or model.version > self._last_trained_base
         return True
@@ -265,9 +291,13 @@ class Agent:
     async def _training_loop(self) -> None:
         while not self.stop_event.is_set():
             if not self._ready_to_train():
+                if self._coordinator_away and self.status.deferred is None:
+                    self._set_status(AgentState.IDLE, deferred="coordinator away")
+                    await self._publish_status()
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+
             if not await asyncio.to_thread(self.thermal.may_train):
                 self._set_status(AgentState.IDLE, deferred="too hot")
                 await self._publish_status()
