@@ -404,6 +404,10 @@ EVENT_STYLES = {
 }
 
 
+def _quoted(text: str) -> str:
+    return json.dumps(text) if not text or any(c.isspace() or c == '"' for c in text) else text
+
+
 def _event_line(fields: dict[str, Any]) -> str:
     """One rich-markup line: local time, type, then the other fields as key=value."""
     from datetime import datetime
@@ -413,7 +417,7 @@ def _event_line(fields: dict[str, Any]) -> str:
     moment = datetime.fromtimestamp(float(fields.get("time", time.time())))
     kind = str(fields.get("type"))
     rest = " ".join(
-        f"{key}={escape(str(value))}"
+        f"{key}={escape(_quoted(str(value)))}"
         for key, value in fields.items()
         if key not in ("type", "time") and value is not None
     )
