@@ -180,7 +180,7 @@ def _connection(
     try:
         connection = load_settings(BrokerConnection, broker, overrides=overrides)
     except ConfigError as error:
-        exit_on_config_error(ConfigError(f"--broker: {error}"))
+        exit_on_config_error(ConfigError(f"broker connection: {error}"))
     if connection.username is None:
         connection = connection.model_copy(update={"username": account})
     return connection
