@@ -8,6 +8,7 @@ envelopes on the ``model`` and ``update`` topics.
 from __future__ import annotations
 
 import time
+import uuid
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -125,6 +126,24 @@ class Control(Message):
     mode: Mode = Mode.ASYNC
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     issued_at: float = Field(default_factory=time.time)
+    command_id: str | None = Field(None, description="the operator command that set state")
+
+
+class CommandAction(str, Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    STOP = "stop"
+
+
+class Command(Message):
+    """``<job>/coordinator/command`` (not retained): an operator asks the coordinator to
+    change the control state. It confirms by republishing the control with ``command_id``."""
+
+    action: CommandAction
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    issued_at: float = Field(default_factory=time.time)
+    reason: str | None = Field(None, max_length=500, description="why, for people")
+    by: str | None = Field(None, max_length=128, description="who, for people")
 
 
 # --- coordinator --------------------------------------------------------------------------
@@ -163,6 +182,7 @@ class EventType(str, Enum):
     AGENT_JOINED = "agent_joined"
     AGENT_LEFT = "agent_left"
     STATE = "state"
+    COMMAND_REJECTED = "command_rejected"
 
 
 class Event(Message):
@@ -180,3 +200,5 @@ class Event(Message):
     accuracy: float | None = None
     num_samples: int | None = None
     bytes: int | None = None
+    command_id: str | None = None
+    by: str | None = None

@@ -48,6 +48,11 @@ class Topics:
         return f"{self.root}/coordinator/status"
 
     @property
+    def command(self) -> str:
+        """QoS 1, not retained, JSON: an operator's pause/resume/stop for the coordinator."""
+        return f"{self.root}/coordinator/command"
+
+    @property
     def events(self) -> str:
         """QoS 1, JSON: one event per message."""
         return f"{self.root}/events"

@@ -33,6 +33,8 @@ from common.errors import ProtocolError
 from common.messages import (
     AgentState,
     AgentStatus,
+    Command,
+    CommandAction,
     Control,
     CoordinatorState,
     CoordinatorStatus,
@@ -123,7 +125,7 @@ class Coordinator:
         self._queue: asyncio.Queue[tuple[str, bytes, Ack]] = asyncio.Queue(QUEUE_SIZE)
         self.session = Session(
             self._client_for,
-            [self.topics.all_updates, self.topics.all_agent_statuses],
+            [self.topics.all_updates, self.topics.all_agent_statuses, self.topics.command],
             on_message=self._route,
             on_connect=self._publish_retained_state,
             stop=self.stop_event,
@@ -338,6 +340,9 @@ class Coordinator:
             await self._queue.put((agent, payload, ack))
             return
         ack()
+        if topic == self.topics.command:
+            await self._on_command(payload)
+            return
         agent = self.topics.agent_of_status(topic)
         if agent is not None and agent not in RESERVED_ACCOUNTS:
             await self._on_agent_status(agent, payload)
@@ -364,6 +369,56 @@ class Coordinator:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
             await self._emit(Event(type=EventType.AGENT_LEFT, agent=agent))
+
+    async def _on_command(self, payload: bytes) -> None:
+        """An operator's pause/resume/stop: applied, snapshotted (a restart keeps it), then
+        confirmed by the retained control naming the command. A bad one is answered, never
+        fatal."""
+        try:
+            command = parse(Command, payload)
+            if self.stop_event.is_set():
+                raise ProtocolError("the coordinator is stopping")
+        except ProtocolError as error:
+            log.warning("command refused: %s", error)
+            fields: Any = None
+            with contextlib.suppress(ValueError):  # its id, if any, tells the sender
+                fields = json.loads(payload)
+            command_id = fields.get("id") if isinstance(fields, dict) else None
+            await self._emit(
+                Event(
+                    type=EventType.COMMAND_REJECTED,
+                    reason="stopping" if self.stop_event.is_set() else "malformed",
+                    detail=str(error)[:500],
+                    command_id=command_id[:64] if isinstance(command_id, str) else None,
+                )
+            )
+            return
+        new_state = {
+            CommandAction.PAUSE: RunState.PAUSE,
+            CommandAction.RESUME: RunState.RUN,
+            CommandAction.STOP: RunState.STOP,
+        }[command.action]
+        async with self._strategy_lock:
+            self.control = self.control.model_copy(
+                update={"state": new_state, "issued_at": time.time(), "command_id": command.id}
+            )
+            await self._save_snapshot()
+        await self._publish(self.topics.control, self.control.to_json(), retain=True)
+        await self._emit(
+            Event(
+                type=EventType.STATE,
+                detail=command.action.value,
+                reason=command.reason,
+                by=command.by,
+                command_id=command.id,
+                version=self.version,
+            )
+        )
+        log.info(
+            "command %s %s by %s: %s", command.action.value, command.id, command.by, command.reason
+        )
+        if command.action == CommandAction.STOP:
+            self.stop_event.set()
 
     def _online_changed(self, count: int, now: float) -> None:
         """Worker thread: a sync round may now expect a different number of agents."""

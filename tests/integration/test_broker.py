@@ -25,6 +25,7 @@ EVERYTHING = (  # explicit filters: amqtt grants a filter only inside one allowe
     TOPICS.control,
     TOPICS.coordinator_status,
     TOPICS.events,
+    TOPICS.command,
 )
 
 
@@ -79,6 +80,7 @@ def test_agent_writes_only_its_own_topics(any_broker: BrokerLike):
         (TOPICS.control, b'{"state": "stop"}'),
         (TOPICS.coordinator_status, b'{"forged": true}'),
         (TOPICS.events, b'{"forged": true}'),
+        (TOPICS.command, b'{"action": "stop"}'),  # an agent cannot stop the job
     ]
     allowed = [
         (TOPICS.update("agent-a"), b"own update"),
@@ -158,6 +160,7 @@ def test_monitor_cannot_write_agent_or_coordinator_topics(any_broker: BrokerLike
         (TOPICS.control, b"forged"),
         (TOPICS.events, b"forged"),
         (TOPICS.update("agent-m"), b"forged"),
+        (TOPICS.command, b"forged"),  # read-only: no commands either
     ]
 
     async def scenario() -> list[tuple[str, bytes]]:
@@ -168,3 +171,44 @@ def test_monitor_cannot_write_agent_or_coordinator_topics(any_broker: BrokerLike
             return [(t, p) for t, p in seen.messages if p in (b"forged", b"ok")]
 
     assert asyncio.run(scenario()) == [(TOPICS.agent_status("agent-m"), b"ok")]
+
+
+def test_operator_writes_commands_only_and_reads_what_monitor_reads(any_broker: BrokerLike):
+    forged = [
+        (TOPICS.model, b"forged"),
+        (TOPICS.control, b"forged"),
+        (TOPICS.coordinator_status, b"forged"),
+        (TOPICS.events, b"forged"),
+        (TOPICS.update("agent-o"), b"forged"),
+        (TOPICS.agent_status("agent-o"), b"forged"),
+    ]
+    observed = [
+        (TOPICS.control, b"control"),
+        (TOPICS.coordinator_status, b"status"),
+        (TOPICS.events, b"event"),
+    ]
+
+    async def scenario() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        async with (
+            Listener(any_broker, "coordinator", *EVERYTHING) as seen,
+            Listener(any_broker, "operator", *EVERYTHING) as operator,
+        ):
+            await publish_as(any_broker, "operator", [*forged, (TOPICS.command, b"ok")])
+            await seen.wait_for(lambda: any(p == b"ok" for _, p in seen.messages), 10)
+            await publish_as(any_broker, "coordinator", observed)
+            await publish_as(any_broker, "agent-o", [(TOPICS.agent_status("agent-o"), b"own")])
+            await publish_as(any_broker, "agent-o", [(TOPICS.update("agent-o"), b"update")])
+            await seen.wait_for(lambda: any(p == b"update" for _, p in seen.messages), 10)
+            expected = {*observed, (TOPICS.agent_status("agent-o"), b"own")}
+            await operator.wait_for(lambda: expected <= set(operator.messages), 10)
+            await asyncio.sleep(0.5)  # an update would have reached the operator by now
+            return (
+                [(t, p) for t, p in seen.messages if p in (b"forged", b"ok")],
+                list(operator.messages),
+            )
+
+    written, read = asyncio.run(scenario())
+    assert written == [(TOPICS.command, b"ok")]
+    assert {*observed, (TOPICS.agent_status("agent-o"), b"own")} <= set(read)
+    assert (TOPICS.update("agent-o"), b"update") not in read  # devices' deltas stay private
+    assert not [p for _, p in read if p in (b"forged", b"ok")]  # wrote nothing, read no command

@@ -4,9 +4,7 @@ real coordinator process; the test plays the agents)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,9 @@ import pytest
 
 from broker.dev import DevBroker
 from codec import decode_model, encode_update
-from common.messages import AgentState, AgentStatus, CoordinatorStatus, parse
+from common.messages import CoordinatorStatus, parse
 from common.topics import Topics
-from tests.integration.conftest import Listener, credentials, environment, start_coordinator, stop
+from tests.integration.conftest import Listener, credentials, start_coordinator, stop
 
 TOPICS = Topics("fedmq", "itest")
 
@@ -164,60 +162,3 @@ def test_a_person_reads_the_coordinator_status_with_mosquitto_sub(
     status = parse(CoordinatorStatus, payload)
     assert status.job == "itest" and status.strategy == "fedbuff"
     assert status.state.value == "running"
-
-
-def cli(
-    broker: DevBroker, *args: str, password: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            *args,
-            "--port",
-            str(broker.port),
-            "--password",
-            password or broker.provision("monitor"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-    )
-
-
-def test_status_and_agents_commands_read_the_retained_topics(broker: DevBroker, coordinator: None):
-    status = AgentStatus(
-        agent="agent-cli",
-        state=AgentState.IDLE,
-        base_version=0,
-        uplink_bytes=1234,
-        temperature_c=48.5,
-    )
-
-    async def publish() -> None:
-        async with aiomqtt.Client(**credentials(broker, "agent-cli")) as client:
-            await client.publish(
-                TOPICS.agent_status("agent-cli"), status.to_json(), qos=1, retain=True
-            )
-
-    asyncio.run(publish())
-    result = cli(broker, "status", "--job", "itest", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    coordinator_status = json.loads(result.stdout)
-    assert coordinator_status["job"] == "itest" and coordinator_status["strategy"] == "fedbuff"
-    result = cli(broker, "agents", "--job", "itest", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    rows = {row["agent"]: row for row in json.loads(result.stdout)}
-    row = rows["agent-cli"]
-    assert (row["state"], row["uplink_bytes"], row["temperature_c"]) == ("idle", 1234, 48.5)
-    assert row["staleness"] == coordinator_status["version"]
-    table = cli(broker, "agents", "--job", "itest")
-    assert table.returncode == 0 and "agent-cli" in table.stdout
-
-
-def test_status_command_exit_codes(broker: DevBroker, coordinator: None):
-    assert cli(broker, "status", "--job", "no-such-job").returncode == 3
-    assert cli(broker, "status", "--job", "itest", password="wrong").returncode == 4
-    assert cli(broker, "status", "--job", "a/b").returncode == 2
