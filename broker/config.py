@@ -4,8 +4,8 @@ development broker and the test broker all come from one place.
 Accounts and rights (``prefix`` is the topic root, ``+`` matches any job):
 
 - agents (any other account; rights by username through ``%u`` patterns): write their own
-  ``update`` and ``status`` topics, read ``model`` and ``control``. Nothing else: not another
-  agent's topics, not the coordinator's.
+  ``update`` and ``status`` topics, read ``model``, ``control`` and the coordinator's status
+  (training waits while it is away). Nothing else: not another agent's topics.
 - ``coordinator``: reads every update and agent status and the operator's commands, writes
   model, control, its status and events.
 - ``monitor``: the view for people and dashboards (``mosquitto_sub``): reads everything but
@@ -55,11 +55,13 @@ user {MONITOR}
 user {OPERATOR}
 {observe}topic write {p}/+/coordinator/command
 
-# Each agent: its own update and status topics, and the global model and control.
+# Each agent: its own update and status topics, the global model and control, and whether
+# the coordinator is there (its status: training waits while it is away).
 pattern write {p}/+/update/%u
 pattern readwrite {p}/+/agents/%u/status
 pattern read {p}/+/model
 pattern read {p}/+/control
+pattern read {p}/+/coordinator/status
 """
 
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker.config import COORDINATOR, MONITOR, render_acl, render_mosquitto_conf
+from broker.config import COORDINATOR, MONITOR, OPERATOR, render_acl, render_mosquitto_conf
 from broker.errors import BrokerError
 from broker.process import BrokerProcess
 from broker.provision import provision_account
@@ -82,7 +82,7 @@ class DevBroker(BrokerProcess):
         (self.directory / "mosquitto.conf").write_text(render_mosquitto_conf(self.settings))
         if self.settings.persistence_location:
             Path(self.settings.persistence_location).mkdir(exist_ok=True)
-        for account in (COORDINATOR, MONITOR):
+        for account in (COORDINATOR, MONITOR, OPERATOR):
             self.provision(account)
 
     def _launch(self) -> subprocess.Popen[bytes]:

@@ -71,7 +71,7 @@ from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from broker.config import COORDINATOR, MONITOR, render_acl
+from broker.config import COORDINATOR, MONITOR, OPERATOR, render_acl
 from broker.errors import BrokerError
 from broker.passwords import new_password, read_password_file, write_password_file
 from broker.process import BrokerProcess
@@ -378,7 +378,7 @@ class EmbeddedBroker(BrokerProcess):
             "plugins": plugins,
         }
         self.config_file.write_text(json.dumps(config, indent=2) + "\n")
-        for account in (COORDINATOR, MONITOR):
+        for account in (COORDINATOR, MONITOR, OPERATOR):
             self.provision(account)
         self._write_acl(list(read_password_file(self.password_file)))  # e.g. a new prefix
 

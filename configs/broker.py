@@ -46,7 +46,6 @@ class ClientTls(BaseModel):
         return str(names[0].value) if names else None
 
 
-
 class BrokerConnection(BaseModel):
     """What a client (coordinator, agent, CLI) needs to reach the broker."""
 

@@ -624,7 +624,7 @@ class Coordinator:
         if reached and self.state != CoordinatorState.DONE:
             self.state = CoordinatorState.DONE
             self.control = self.control.model_copy(
-                update={"state": RunState.STOP, "issued_at": time.time()}
+                update={"state": RunState.STOP, "issued_at": time.time(), "command_id": None}
             )
             await self._publish(self.topics.control, self.control.to_json(), retain=True)
             await self._emit(
@@ -641,9 +641,12 @@ class Coordinator:
     # --- periodic -----------------------------------------------------------------------
 
     def _status(self, state: CoordinatorState | None = None) -> CoordinatorStatus:
+        if state is None:
+            paused = self.state == CoordinatorState.RUNNING and self.control.state == RunState.PAUSE
+            state = CoordinatorState.PAUSED if paused else self.state
         return CoordinatorStatus(
             job=self.settings.job,
-            state=state or self.state,
+            state=state,
             version=self.version,
             strategy=self.strategy.name,
             buffered=self.strategy.buffered,

@@ -189,3 +189,29 @@ def test_an_update_trained_offline_survives_an_agent_kill_and_is_delivered(
     finally:
         stop(agent)
         stop(coordinator)
+
+
+def test_agents_wait_while_the_coordinator_is_away_and_resume_when_it_is_back(
+    broker: DevBroker, tmp_path: Path
+):
+    """SIGKILL the coordinator: its last will says stopped, and the agent stops training
+    (updates would only queue and come back stale) until a coordinator is back."""
+    coordinator = start_coordinator(broker, tmp_path, job="agenttest", evaluate_every=0)
+    agent = start_agent(broker, tmp_path, "agent-w", state_dir=str(tmp_path / "agent-state"))
+    try:
+        statuses(broker, "agent-w", lambda s: any(x["state"] == "training" for x in s))
+        os.kill(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+        seen = statuses(
+            broker, "agent-w", lambda s: any(x.get("deferred") == "coordinator away" for x in s)
+        )
+        assert any(x.get("deferred") == "coordinator away" for x in seen), seen
+        time.sleep(3)  # it stays idle: nothing trains while the coordinator is away
+        later = statuses(broker, "agent-w", lambda s: bool(s), timeout=10)
+        assert later[-1]["state"] == "idle" and later[-1]["deferred"] == "coordinator away"
+        coordinator = start_coordinator(broker, tmp_path, job="agenttest", evaluate_every=0)
+        back = statuses(broker, "agent-w", lambda s: any(x["state"] == "training" for x in s))
+        assert any(x["state"] == "training" for x in back)
+    finally:
+        stop(agent)
+        stop(coordinator)
