@@ -73,6 +73,7 @@ class ChaosReport:
     accepted_twice: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     pending: int = 0
+    pending_decided: int = 0  # in an outbox yet decided: killed between PUBACK and its log
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     reached: bool = False
 
@@ -88,7 +89,8 @@ class ChaosReport:
             f"{self.kills['broker']}, agent kills {self.kills['agent']} ({self.restarts} "
             f"restarts); updates sent {self.sent}, accepted {self.accepted}, rejected "
             f"{sum(self.rejected.values())} ({reasons}), lost {len(self.lost)}, accepted twice "
-            f"{len(self.accepted_twice)}, pending {self.pending}; versions "
+            f"{len(self.accepted_twice)}, pending {self.pending} ({self.pending_decided} of them "
+            "decided: killed between the PUBACK and its log line); versions "
             f"{span} {'strictly increasing' if self.versions_increasing else 'NOT increasing'}; "
             f"best accuracy {self.best_accuracy if self.best_accuracy is not None else '-'}"
             f" in {self.seconds:.0f} s; unexpected exits {len(self.unexpected_exits)}"
@@ -306,7 +308,9 @@ class ChaosRun(LocalFederation):
                 for line in path.read_text().splitlines():
                     if line.strip():
                         sent[json.loads(line)["update_id"]] += 1
-            report.pending += len(list((state / name / "outbox").glob("*.upd")))
+            for kept in (state / name / "outbox").glob("*.upd"):
+                report.pending += 1
+                report.pending_decided += kept.stem.partition("-")[2] in decided
         report.sent = len(sent)
         report.delivered_twice = sum(1 for n in sent.values() if n > 1)
         report.lost = sorted(set(sent) - decided)
