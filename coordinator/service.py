@@ -235,8 +235,11 @@ class Coordinator:
             state.save(self.settings.state_dir, snapshot)
             self.journal.rotate()
             self._snapshot_seqs.append(snapshot.applied_seq)
-            # keep what the oldest kept snapshot needs: a damaged newer one falls back to it
-            self.journal.compact(self._snapshot_seqs[0])
+            # keep what the oldest kept snapshot needs: a damaged newer one falls back to it.
+            # Until KEEP were written since the start, an older file (from before a restart)
+            # whose number is unknown here may be that oldest one: compact nothing yet.
+            if len(self._snapshot_seqs) == state.KEEP:
+                self.journal.compact(self._snapshot_seqs[0])
         except OSError as error:
             raise StateError(f"cannot write state in {self.settings.state_dir}: {error}") from error
 
