@@ -312,7 +312,8 @@ def test_ten_thousand_hostile_payloads_are_each_refused_and_training_continues(
     result = asyncio.run(scenario())
     corpus, decisions = result["corpus"], result["decisions"]
     flood = decisions[1 : 1 + len(corpus)]
-    assert [d["type"] for d in flood] == ["update_rejected"] * len(corpus)
+    let_through = [d for d in flood if d["type"] != "update_rejected"]
+    assert not let_through, f"{len(let_through)} hostile payloads accepted: {let_through[:5]}"
     assert decisions[-1]["type"] == "update_accepted" and decisions[-1]["update_id"] == "b" * 32
     reasons = Counter(d["reason"] for d in flood)
     assert {"malformed", "duplicate", "wrong_job", "tensor_mismatch", "future_version"} <= set(
