@@ -98,6 +98,9 @@ class Journal:
         """Every intact record with a sequence number above ``seq``, in order."""
         segments = self._segments()
         for index, (first, path) in enumerate(segments):
+            # a segment's name says seq first - 1 was used: compaction may have left only an
+            # empty newest segment, and numbers must never be reused
+            self.last_seq = max(self.last_seq, first - 1)
             following = segments[index + 1][0] if index + 1 < len(segments) else None
             if following is not None and following <= seq + 1:
                 continue  # wholly before seq

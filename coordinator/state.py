@@ -171,16 +171,21 @@ class Ledger:
         entries of later (lost) snapshots and a torn tail; add this one's if the crash came
         between the snapshot and its ledger append."""
         entries = self.entries()
-        kept = [e for e in entries if int(e.get("snapshot", 0)) <= snapshot.number]
+        kept = [e for e in entries if int(e.get("snapshot", 0)) < snapshot.number]
+        own = [e for e in entries if int(e.get("snapshot", 0)) == snapshot.number]
+        # an append cut short holds only some of this snapshot's lines: write them all again
+        complete = own == [{"snapshot": snapshot.number, **d} for d in snapshot.decisions]
+        if complete:
+            kept += own
         raw = self.path.read_bytes() if self.path.exists() else b""
         if len(kept) != len(entries) or (raw and not raw.endswith(b"\n")):
             data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in kept)
             atomic_write(self.path, data)
             log.warning(
-                "ledger %s: %d entries after snapshot %d dropped (they will be replayed)",
+                "ledger %s: %d entries after snapshot %d or cut short dropped (written again)",
                 self.path,
                 len(entries) - len(kept),
                 snapshot.number,
             )
-        if not any(int(e.get("snapshot", 0)) == snapshot.number for e in kept):
+        if not complete:
             self.append(snapshot.number, snapshot.decisions)
