@@ -101,6 +101,11 @@ def render_mosquitto_conf(settings: MosquittoSettings) -> str:
         f"max_queued_messages {settings.max_queued_messages}",
         f"max_queued_bytes {settings.max_queued_bytes}",
         f"max_keepalive {settings.max_keepalive}",
+        "# Unacknowledged QoS 1 messages sent ahead to a client: the coordinator acknowledges",
+        "# an update once journaled, so this bounds what it holds in memory (docs/reliability.md).",
+        "max_inflight_messages 20",
+        "# Small publishes (events, statuses, PUBACKs) go out at once, not after a delayed ACK.",
+        "set_tcp_nodelay true",
         "",
     ]
     if settings.persistence_location is not None:

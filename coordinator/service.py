@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -307,9 +306,6 @@ class Coordinator:
                 self.topics.coordinator_status, offline.to_json(), qos=1, retain=True
             ),
             protocol=aiomqtt.ProtocolVersion.V311,
-            # Nagle held each small event publish behind the previous PUBACK until the
-            # broker's delayed ACK (~40 ms): 25 updates a second at most
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:

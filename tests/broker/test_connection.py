@@ -9,7 +9,7 @@ import aiomqtt
 import pytest
 
 from broker.tls import create_ca, issue_client_certificate
-from common.mqtt import client_options
+from common.mqtt import NO_DELAY, client_options
 from configs.agent import AgentSettings
 from configs.broker import BrokerConnection
 from configs.errors import ConfigError
@@ -24,6 +24,7 @@ def test_password_connection():
         "username": "coordinator",
         "password": "s3cret",
         "tls_params": None,
+        "socket_options": NO_DELAY,  # small publishes are not held back by Nagle
     }
 
 

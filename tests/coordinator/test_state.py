@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.files import atomic_write
 from coordinator import state
 from coordinator.errors import StateError
 from coordinator.state import KEEP, LEDGER, Ledger, Snapshot
@@ -201,7 +202,7 @@ def test_a_leftover_temporary_file_is_not_a_snapshot(tmp_path: Path):
 
 def write_without_ledger(state_dir: Path, saved: Snapshot) -> None:
     """What a crash between the snapshot's rename and its ledger append leaves."""
-    state.atomic_write(state_dir / f"snapshot-{saved.number:010d}.state", state._encode(saved))
+    atomic_write(state_dir / f"snapshot-{saved.number:010d}.state", state._encode(saved))
 
 
 def test_reconcile_adds_the_decisions_of_a_snapshot_whose_ledger_append_was_lost(
