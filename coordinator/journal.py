@@ -104,10 +104,20 @@ class Journal:
             following = segments[index + 1][0] if index + 1 < len(segments) else None
             if following is not None and following <= seq + 1:
                 continue  # wholly before seq
+            last = first - 1
             for record in self._read_segment(path, first):
+                last = record.seq
                 self.last_seq = max(self.last_seq, record.seq)
                 if record.seq > seq:
                     yield record
+            if following is not None and last + 1 < following and following > seq + 1:
+                log.error(
+                    "journal records %d to %d are missing (segment %s damaged): updates "
+                    "acknowledged in them cannot be replayed",
+                    max(last + 1, seq + 1),
+                    following - 1,
+                    path.name,
+                )
 
     def _read_segment(self, path: Path, first: int) -> Iterator[Record]:
         data = path.read_bytes()

@@ -296,3 +296,22 @@ def test_any_sequence_of_operations_keeps_every_needed_record(
         assert list(target.records_after(after)) == appended[after:]
     target.close()
     assert journal(directory).last_seq == len(appended)
+
+
+def test_records_lost_in_the_middle_of_the_journal_are_reported(tmp_path: Path, caplog):
+    """Damage inside an older segment (the disk, not a crash: appends are fsynced) cuts it
+    there; the records up to the next segment are gone, and the log says which."""
+    journal = Journal(tmp_path)
+    for _ in range(3):
+        journal.append(UPDATE, 1.0, agent="a", payload=b"x" * 10)
+    journal.rotate()
+    journal.append(UPDATE, 2.0, agent="a", payload=b"y")
+    journal.close()
+    (first, _) = sorted(tmp_path.glob("*.log"))
+    data = bytearray(first.read_bytes())
+    data[-3] ^= 0xFF  # the third record's body
+    first.write_bytes(bytes(data))
+    with caplog.at_level("ERROR", logger="fedmq.coordinator.journal"):
+        seqs = [r.seq for r in Journal(tmp_path).records_after(0)]
+    assert seqs == [1, 2, 4]
+    assert "records 3 to 3 are missing" in caplog.text
