@@ -52,6 +52,7 @@ def test_access_rules_expand_render_acl_per_account():
         "fedmq/+/agents/agent-a/status",
         "fedmq/+/model",
         "fedmq/+/control",
+        "fedmq/+/coordinator/status",
     }
     assert "fedmq/+/update/+" in rules["receive-acl"]["coordinator"]
     assert "fedmq/+/model" in rules["publish-acl"]["coordinator"]
