@@ -152,7 +152,7 @@ def test_coordinator_example_sets_every_training_setting():
 def test_agent_example():
     settings = load_settings(AgentSettings, EXAMPLES / "agent.yaml")
     assert settings.agent_id == "jetson-07"
-    assert settings.broker.username == settings.agent_id  # the ACL's %u
+    assert settings.broker.username is None  # the agent_id is the username (the ACL's %u)
     assert settings.broker.host == "broker.example.lan"
     assert settings.job == "digits"
     assert isinstance(settings.task.data, DigitsData)
