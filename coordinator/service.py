@@ -64,6 +64,8 @@ from coordinator.validation import Rejected, validate
 log = logging.getLogger("fedmq.coordinator")
 
 QUEUE_SIZE = 64  # the broker's in-flight window (unacknowledged updates) is smaller
+INCOMING_QUEUE = 1000  # messages read from the socket but not yet routed
+COMMANDS_REMEMBERED = 100  # applied operator command ids: a redelivered one is not reapplied
 SHUTDOWN_SECONDS = 5.0
 
 
@@ -97,6 +99,7 @@ class Coordinator:
         self.books: dict[str, AgentBook] = {}
         self.metrics = CoordinatorMetrics(settings.job, self.strategy.name)
         self.recent = RecentIds(settings.duplicate_window)
+        self.commands = RecentIds(COMMANDS_REMEMBERED)
         self.limiter = RateLimiter(
             settings.rate_limit.updates_per_minute, settings.rate_limit.burst
         )
@@ -149,12 +152,7 @@ class Coordinator:
 
     async def run(self) -> int:
         """Serve until stopped (SIGTERM, stop rule, or ``stop_event``); exit code 0."""
-        async with self._strategy_lock:
-            if self.resumed:
-                await self._replay_journal()
-            else:
-                self._set_aside_orphan_journal()
-                await self._new_version_published(time.time())
+        await self.prepare()
         self.state = CoordinatorState.RUNNING
         await self._check_stop_rule()
         tasks = [
@@ -174,6 +172,22 @@ class Coordinator:
         stopper.cancel()
         return code
 
+    async def prepare(self) -> None:
+        """Before serving: replay the journal past the resumed snapshot (or publish version
+        0 on a fresh start), and set the gauges a restart would otherwise leave at zero."""
+        async with self._strategy_lock:
+            if self.resumed:
+                before = self.strategy.version
+                await self._replay_journal()
+                if self.strategy.version == before:  # the resumed version is this run's first
+                    self.metrics.published(
+                        self.strategy.version, self.last_accuracy, self.strategy.buffered
+                    )
+            else:
+                self._set_aside_orphan_journal()
+                await self._new_version_published(time.time())
+        self.metrics.agents_online(self.agents_online)
+
     # --- persisted state ----------------------------------------------------------------
 
     def _restore(self, snapshot: state.Snapshot) -> None:
@@ -191,6 +205,7 @@ class Coordinator:
             self.last_accuracy = books["last_accuracy"]
             self.started_at = float(books["started_at"])
             self._online = int(books["online"])
+            self.commands = RecentIds(COMMANDS_REMEMBERED, list(books.get("commands", [])))
         except (KeyError, TypeError, ValueError, ProtocolError) as error:
             raise StateError(f"snapshot {snapshot.number} is inconsistent: {error}") from error
         self._snapshot_number = snapshot.number
@@ -214,6 +229,7 @@ class Coordinator:
             "last_accuracy": self.last_accuracy,
             "started_at": self.started_at,
             "online": self._online,
+            "commands": self.commands.to_json(),
         }
 
     async def _save_snapshot(self) -> None:
@@ -299,6 +315,9 @@ class Coordinator:
         return aiomqtt.Client(
             **client_options(broker),
             identifier=f"fedmq-coordinator-{self.settings.job}",
+            # QoS 1 is bounded by the broker's in-flight window; this bounds a QoS 0 flood
+            # (dropped beyond it: QoS 0 is at most once by definition)
+            max_queued_incoming_messages=INCOMING_QUEUE,
             clean_session=False,  # queued QoS 1 updates wait for us across reconnects
             keepalive=broker.keepalive,
             timeout=broker.connect_timeout,
@@ -360,6 +379,7 @@ class Coordinator:
             return
         previous = self.agents.get(agent)
         self.agents[agent] = status
+        self.metrics.agents_online(self.agents_online)  # also right after a restart
         was_online = previous is not None and previous.state != AgentState.OFFLINE
         is_online = status.state != AgentState.OFFLINE
         if is_online != was_online:
@@ -367,7 +387,6 @@ class Coordinator:
                 count = self.agents_online
                 if count != self._online:
                     await asyncio.to_thread(self._online_changed, count, time.time())
-            self.metrics.agents_online(self.agents_online)
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
@@ -396,6 +415,11 @@ class Coordinator:
                 )
             )
             return
+        if command.id in self.commands:
+            # a redelivery (its PUBACK waited behind unacknowledged updates when we stopped):
+            # applied once already, and a later command may have superseded it
+            log.info("command %s %s already applied: ignored", command.action.value, command.id)
+            return
         new_state = {
             CommandAction.PAUSE: RunState.PAUSE,
             CommandAction.RESUME: RunState.RUN,
@@ -405,6 +429,7 @@ class Coordinator:
             self.control = self.control.model_copy(
                 update={"state": new_state, "issued_at": time.time(), "command_id": command.id}
             )
+            self.commands.add(command.id)
             await self._save_snapshot()
         await self._publish(self.topics.control, self.control.to_json(), retain=True)
         await self._emit(
