@@ -37,6 +37,9 @@ class AgentSettings(BaseModel):
         None, description="defer training while the hottest zone is above this; None never"
     )
     resume_training_below_c: float = Field(70.0, description="resume once below this")
+    ignore_thermal_zones: list[str] = Field(
+        ["PMIC-Die"], description="zone types that are no temperature (Jetson's PMIC-Die: 100 C)"
+    )
     sysfs_root: Path = Field(
         Path("/sys"), description="where Jetson GPU load and power rails are read (sysfs)"
     )

@@ -105,6 +105,7 @@ class Agent:
             settings.thermal_root,
             settings.defer_training_above_c,
             settings.resume_training_below_c,
+            frozenset(settings.ignore_thermal_zones),
         )
         self._ready_sent = False
         self.outbox = Outbox(settings.state_dir, settings.outbox_max)

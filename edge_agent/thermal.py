@@ -2,7 +2,9 @@
 that defers training while the device is hot.
 
 ``/sys/class/thermal/thermal_zone*/{type,temp}`` (millidegrees Celsius) exists on Jetson and
-most Linux boards; a missing or unreadable tree means "unknown", never an error."""
+most Linux boards; a missing or unreadable tree means "unknown", never an error. Some zones
+are not temperatures of anything that heats up: Jetson's ``PMIC-Die`` reads a constant 100 C,
+and would keep training deferred for ever; such zones are ignored (``ignore_thermal_zones``)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from pathlib import Path
 log = logging.getLogger("fedmq.agent.thermal")
 
 
-def read_temperatures(root: Path) -> dict[str, float]:
-    """Zone type -> degrees Celsius, for every readable zone under ``root``."""
+IGNORED_BY_DEFAULT = ("PMIC-Die",)
+
+
+def read_temperatures(root: Path, ignore: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Zone type -> degrees Celsius, for every readable zone under ``root`` not ignored."""
     temperatures: dict[str, float] = {}
     for zone in sorted(root.glob("thermal_zone*")):
         try:
@@ -22,7 +27,8 @@ def read_temperatures(root: Path) -> dict[str, float]:
             millidegrees = int((zone / "temp").read_text().strip())
         except (OSError, ValueError):
             continue  # a zone that cannot be read (driver off, permissions) is skipped
-        temperatures[kind] = millidegrees / 1000.0
+        if kind not in ignore:
+            temperatures[kind] = millidegrees / 1000.0
     return temperatures
 
 
@@ -33,10 +39,11 @@ class ThermalGate:
     root: Path
     defer_above: float | None
     resume_below: float
+    ignore: frozenset[str] = frozenset(IGNORED_BY_DEFAULT)
     deferring: bool = False
 
     def hottest(self) -> float | None:
-        values = read_temperatures(self.root).values()
+        values = read_temperatures(self.root, self.ignore).values()
         return max(values) if values else None
 
     def may_train(self) -> bool:

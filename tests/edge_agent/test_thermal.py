@@ -58,3 +58,16 @@ def test_resume_must_be_below_defer():
         load_settings(
             AgentSettings, overrides={"defer_training_above_c": 70, "resume_training_below_c": 75}
         )
+
+
+def test_the_jetson_pmic_die_zone_is_ignored_so_training_is_not_deferred_for_ever(
+    tmp_path: Path,
+):
+    zone(tmp_path, 0, "PMIC-Die", "100000")  # a constant, not a temperature
+    zone(tmp_path, 1, "GPU-therm", "52000")
+    gate = ThermalGate(tmp_path, defer_above=80.0, resume_below=70.0)
+    assert gate.hottest() == 52.0
+    assert gate.may_train()
+    assert read_temperatures(tmp_path) == {"PMIC-Die": 100.0, "GPU-therm": 52.0}
+    everything = ThermalGate(tmp_path, 80.0, 70.0, ignore=frozenset())
+    assert not everything.may_train()
