@@ -50,6 +50,7 @@ from edge_agent.trainer import Trainer
 log = logging.getLogger("fedmq.agent")
 
 SHUTDOWN_SECONDS = 5.0
+EXIT_SETUP = 2  # the local data, the task or the metrics port is unusable
 THERMAL_RECHECK_SECONDS = 5.0
 
 
@@ -128,7 +129,9 @@ class Agent:
             log.error("cannot start: %s", error)
             self._set_status(AgentState.ERROR, error=str(error))
             await self._report_once()
-            return 1
+            # exit 2, like a config error: the data or the task must be fixed by a person,
+            # and systemd does not restart on it (no loop of TensorFlow start-ups)
+            return EXIT_SETUP
         self._expected_shapes = {n: v.shape for n, v in self.trainer.weights().items()}
         self.feedback.residual = await asyncio.to_thread(
             load_residual, self.settings.state_dir, self._expected_shapes

@@ -72,7 +72,7 @@ def test_missing_data_is_an_error_status_with_its_reason(broker: DevBroker, tmp_
     process = start_agent(
         broker, tmp_path, "agent-nodata", task={"data": {"kind": "npz", "path": str(missing)}}
     )
-    assert process.wait(90) == 1
+    assert process.wait(90) == 2  # no restart loop under systemd (RestartPreventExitStatus)
     final = statuses(broker, "agent-nodata", lambda s: bool(s), timeout=10)
     assert final[-1]["state"] == "error"
     assert "nowhere.npz" in final[-1]["error"]
