@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_directory(path: Path) -> None:
@@ -32,3 +34,17 @@ def append_durably(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def lock_directory(directory: Path) -> BinaryIO:
+    """An exclusive lock on ``directory``, held while the returned file stays open (until the
+    process exits). Two processes on one state directory would interleave their journals
+    and outboxes; the second is refused (BlockingIOError, an OSError)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "a+b")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise
+    return handle

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from common.files import lock_directory
 from configs.coordinator import CoordinatorSettings
 from coordinator import state
 from coordinator.errors import CoordinatorError, StateError
@@ -24,6 +25,15 @@ async def serve(settings: CoordinatorSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    try:
+        lock = lock_directory(settings.state_dir)  # held until the process exits
+    except OSError as error:
+        log.error(
+            "state_dir %s is in use by another coordinator (or unusable: %s)",
+            settings.state_dir,
+            error.strerror or error,
+        )
+        return EXIT_STATE
     evaluator = await asyncio.to_thread(Evaluator, settings.task, settings.seed)
     if stopping.is_set():
         return 0
@@ -54,6 +64,7 @@ async def serve(settings: CoordinatorSettings) -> int:
         return 1
     finally:
         await asyncio.to_thread(coordinator.metrics.stop_http)  # waits for a poll interval
+        lock.close()
 
 
 def run(settings: CoordinatorSettings) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 
 from codec import CodecError, DecodeLimits, decode_model, encode_tensors, encode_update
 from common.errors import ProtocolError, TaskError
+from common.files import lock_directory
 from common.messages import (
     AgentState,
     AgentStatus,
@@ -119,6 +120,13 @@ class Agent:
 
     async def run(self) -> int:
         try:
+            try:
+                self._lock = lock_directory(self.settings.state_dir)  # until the process exits
+            except OSError as error:
+                raise AgentError(
+                    f"state_dir {self.settings.state_dir} is in use by another agent "
+                    f"(or unusable: {error.strerror or error})"
+                ) from error
             data = await asyncio.to_thread(load_data, self.settings)
             seed = self.settings.seed if self.settings.seed is not None else secrets.randbits(31)
             self.trainer = await asyncio.to_thread(

@@ -215,3 +215,24 @@ def test_agents_wait_while_the_coordinator_is_away_and_resume_when_it_is_back(
     finally:
         stop(agent)
         stop(coordinator)
+
+
+def test_a_second_coordinator_on_the_same_state_is_refused(broker: DevBroker, tmp_path: Path):
+    """Two coordinators on one state_dir would interleave their journals: the second exits 2
+    at once (before TensorFlow), naming the directory."""
+    shared = tmp_path / "shared-state"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = start_coordinator(
+        broker, tmp_path / "one", job="locktest", evaluate_every=0, state_dir=str(shared)
+    )
+    try:
+        wait_until(lambda: any(shared.glob("snapshot-*.state")), 120, "the first coordinator")
+        second = start_coordinator(
+            broker, tmp_path / "two", job="locktest", evaluate_every=0, state_dir=str(shared)
+        )
+        assert second.wait(30) == 2
+        assert "in use by another coordinator" in (tmp_path / "two" / "coordinator.log").read_text()
+        assert first.poll() is None
+    finally:
+        stop(first)
