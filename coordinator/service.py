@@ -65,6 +65,7 @@ log = logging.getLogger("fedmq.coordinator")
 
 QUEUE_SIZE = 64  # the broker's in-flight window (unacknowledged updates) is smaller
 INCOMING_QUEUE = 1000  # messages read from the socket but not yet routed
+STATUS_CHANGES_PER_MINUTE = 12.0
 COMMANDS_REMEMBERED = 100  # applied operator command ids: a redelivered one is not reapplied
 SHUTDOWN_SECONDS = 5.0
 
@@ -100,6 +101,8 @@ class Coordinator:
         self.metrics = CoordinatorMetrics(settings.job, self.strategy.name)
         self.recent = RecentIds(settings.duplicate_window)
         self.commands = RecentIds(COMMANDS_REMEMBERED)
+        # an agent's online/offline changes, each journaled: a flapping one is not followed
+        self._status_changes = RateLimiter(per_minute=STATUS_CHANGES_PER_MINUTE, burst=6)
         self.limiter = RateLimiter(
             settings.rate_limit.updates_per_minute, settings.rate_limit.burst
         )
@@ -382,11 +385,11 @@ class Coordinator:
         self.metrics.agents_online(self.agents_online)  # also right after a restart
         was_online = previous is not None and previous.state != AgentState.OFFLINE
         is_online = status.state != AgentState.OFFLINE
-        if is_online != was_online:
-            async with self._strategy_lock:
-                count = self.agents_online
-                if count != self._online:
-                    await asyncio.to_thread(self._online_changed, count, time.time())
+        if is_online == was_online:
+            return
+        if not self._status_changes.allow(agent, time.monotonic()):
+            return  # a flapping agent: the heartbeat brings the strategy's count up to date
+        await self._sync_online()
         if is_online and not was_online:
             await self._emit(Event(type=EventType.AGENT_JOINED, agent=agent))
         elif was_online and not is_online:
@@ -447,6 +450,13 @@ class Coordinator:
         )
         if command.action == CommandAction.STOP:
             self.stop_event.set()
+
+    async def _sync_online(self) -> None:
+        """Tell the strategy how many agents are online, if that changed (journaled)."""
+        async with self._strategy_lock:
+            count = self.agents_online
+            if count != self._online:
+                await asyncio.to_thread(self._online_changed, count, time.time())
 
     def _online_changed(self, count: int, now: float) -> None:
         """Worker thread: a sync round may now expect a different number of agents."""
@@ -697,6 +707,7 @@ class Coordinator:
 
     async def _heartbeat(self) -> None:
         async def beat() -> None:
+            await self._sync_online()
             await self._publish_status()
             await self._check_stop_rule()
 
