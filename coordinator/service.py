@@ -63,8 +63,7 @@ from coordinator.validation import Rejected, validate
 
 log = logging.getLogger("fedmq.coordinator")
 
-QUEUE_SIZE = 64  # the broker's in-flight window (unacknowledged updates) is smaller
-INCOMING_QUEUE = 1000  # messages read from the socket but not yet routed
+QUEUE_SIZE = 64  # updates routed to the worker, not yet journaled
 STATUS_CHANGES_PER_MINUTE = 12.0
 COMMANDS_REMEMBERED = 100  # applied operator command ids: a redelivered one is not reapplied
 SHUTDOWN_SECONDS = 5.0
@@ -318,9 +317,6 @@ class Coordinator:
         return aiomqtt.Client(
             **client_options(broker),
             identifier=f"fedmq-coordinator-{self.settings.job}",
-            # QoS 1 is bounded by the broker's in-flight window; this bounds a QoS 0 flood
-            # (dropped beyond it: QoS 0 is at most once by definition)
-            max_queued_incoming_messages=INCOMING_QUEUE,
             clean_session=False,  # queued QoS 1 updates wait for us across reconnects
             keepalive=broker.keepalive,
             timeout=broker.connect_timeout,
@@ -360,8 +356,8 @@ class Coordinator:
                 for event in handled.events:
                     await self._emit(event)
                 return
-            # Bounded: when full, reading stops; unacknowledged, the broker holds the rest
-            # (it sends no more than its in-flight window ahead). Never a silent drop.
+            # When full, routing waits (the client's own queue then grows: docs/reliability.md,
+            # "Memory"). Never a silent drop: unacknowledged, it comes back after a crash.
             await self._queue.put((agent, payload, ack))
             return
         ack()
