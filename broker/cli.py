@@ -133,12 +133,12 @@ def certs_device(
 
 @certs.command("service")
 def certs_service(
-    name: Annotated[str, typer.Argument(help="coordinator or monitor")],
+    name: Annotated[str, typer.Argument(help="coordinator, monitor or operator")],
     directory: Directory = Path(TLS_DIRECTORY),
     days: Days = LEAF_DAYS,
     replace: Replace = False,
 ) -> None:
-    """Issue a certificate for the coordinator or monitor account.
+    """Issue a certificate for a service account (coordinator, monitor, operator).
 
     These accounts have more rights than a device: keep their keys off the devices."""
     _client(name, directory, days, replace, service=True)

@@ -15,6 +15,11 @@ STOP_SECONDS = 5.0
 log = logging.getLogger("fedmq.metrics")
 
 
+class ListenError(RuntimeError):
+    """The endpoint cannot serve (port taken, address unknown, already serving); the
+    message names the address. Callers convert it to their package's error."""
+
+
 class MetricsEndpoint:
     """``/metrics`` for one registry on a background thread; ``stop`` releases the port."""
 
@@ -24,14 +29,18 @@ class MetricsEndpoint:
         self._thread: threading.Thread | None = None
 
     def start(self, host: str, port: int | None) -> int | None:
-        """Serve on ``host:port`` (0: a free port; None: off); the bound port. OSError
-        (port taken, address unknown) and RuntimeError (already serving) for the caller
-        to convert."""
+        """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port.
+        ListenError when it cannot."""
         if port is None:
             return None
         if self._server is not None:
-            raise RuntimeError("the metrics endpoint is already running")
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+            raise ListenError("the metrics endpoint is already running")
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as error:
+            raise ListenError(
+                f"metrics endpoint: cannot listen on {host}:{port} ({error.strerror or error})"
+            ) from error
         bound = int(self._server.server_port)
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound

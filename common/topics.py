@@ -73,6 +73,20 @@ class Topics:
     def all_agent_statuses(self) -> str:
         return f"{self.root}/agents/+/status"
 
+    @property
+    def every_filter(self) -> tuple[str, ...]:
+        """One filter per kind of topic of this job, each explicit (no ``#``: a broker may
+        grant a filter only inside one allowed pattern), for checking who can read what."""
+        return (
+            self.all_updates,
+            self.all_agent_statuses,
+            self.model,
+            self.control,
+            self.coordinator_status,
+            self.events,
+            self.command,
+        )
+
     def agent_of_update(self, topic: str) -> str | None:
         """The agent id of an update topic of this job, or None for any other topic."""
         head = f"{self.root}/update/"

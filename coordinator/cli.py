@@ -323,74 +323,47 @@ def _command(
         typer.echo(f"job {topics.job}: control is now {control.state.value} (command {command.id})")
 
 
-@app.command()
-def pause(
-    broker: BrokerFileOption = None,
-    host: HostOption = None,
-    port: PortOption = None,
-    username: UserOption = None,
-    password: PasswordOption = None,
-    job: JobOption = "digits",
-    prefix: PrefixOption = "fedmq",
-    reason: ReasonOption = None,
-    by: ByOption = None,
-    timeout: WaitOption = 15.0,
-    output: FormatOption = Format.TABLE,
-) -> None:
-    """Pause training: no new rounds, updates refused (paused) until resume.
+OPERATOR_COMMANDS = {
+    "pause": """Pause training: no new rounds, updates refused (paused) until resume.
 
     Waits until the coordinator confirms. Exit 0 confirmed; 5 not confirmed in time;
-    6 refused by the coordinator; 4 broker error; 2 bad option."""
-    from broker.config import OPERATOR
+    6 refused by the coordinator; 4 broker error; 2 bad option.""",
+    "resume": """Resume training after pause (or after stop, on a restarted coordinator).
 
-    connection = _connection(broker, host, port, username, password, OPERATOR)
-    _command("pause", connection, _topics(prefix, job), reason, by, timeout, output)
+    Exit codes as for pause.""",
+    "stop": """Stop the job: agents leave, the coordinator snapshots and exits.
 
-
-@app.command()
-def resume(
-    broker: BrokerFileOption = None,
-    host: HostOption = None,
-    port: PortOption = None,
-    username: UserOption = None,
-    password: PasswordOption = None,
-    job: JobOption = "digits",
-    prefix: PrefixOption = "fedmq",
-    reason: ReasonOption = None,
-    by: ByOption = None,
-    timeout: WaitOption = 15.0,
-    output: FormatOption = Format.TABLE,
-) -> None:
-    """Resume training after pause (or after stop, on a restarted coordinator).
-
-    Exit codes as for pause."""
-    from broker.config import OPERATOR
-
-    connection = _connection(broker, host, port, username, password, OPERATOR)
-    _command("resume", connection, _topics(prefix, job), reason, by, timeout, output)
+    A restarted coordinator keeps the stop until resume. Exit codes as for pause.""",
+}
 
 
-@app.command()
-def stop(
-    broker: BrokerFileOption = None,
-    host: HostOption = None,
-    port: PortOption = None,
-    username: UserOption = None,
-    password: PasswordOption = None,
-    job: JobOption = "digits",
-    prefix: PrefixOption = "fedmq",
-    reason: ReasonOption = None,
-    by: ByOption = None,
-    timeout: WaitOption = 15.0,
-    output: FormatOption = Format.TABLE,
-) -> None:
-    """Stop the job: agents leave, the coordinator snapshots and exits.
+def _operator_command(action: str) -> None:
+    """Register ``action`` (pause, resume, stop): the same options, one command each."""
 
-    A restarted coordinator keeps the stop until resume. Exit codes as for pause."""
-    from broker.config import OPERATOR
+    def command(
+        broker: BrokerFileOption = None,
+        host: HostOption = None,
+        port: PortOption = None,
+        username: UserOption = None,
+        password: PasswordOption = None,
+        job: JobOption = "digits",
+        prefix: PrefixOption = "fedmq",
+        reason: ReasonOption = None,
+        by: ByOption = None,
+        timeout: WaitOption = 15.0,
+        output: FormatOption = Format.TABLE,
+    ) -> None:
+        from broker.config import OPERATOR
 
-    connection = _connection(broker, host, port, username, password, OPERATOR)
-    _command("stop", connection, _topics(prefix, job), reason, by, timeout, output)
+        connection = _connection(broker, host, port, username, password, OPERATOR)
+        _command(action, connection, _topics(prefix, job), reason, by, timeout, output)
+
+    command.__doc__ = OPERATOR_COMMANDS[action]
+    app.command(name=action)(command)
+
+
+for _action in OPERATOR_COMMANDS:
+    _operator_command(_action)
 
 
 EVENT_STYLES = {

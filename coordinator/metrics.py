@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from common.metrics_http import MetricsEndpoint
+from common.metrics_http import ListenError, MetricsEndpoint
 from coordinator.errors import CoordinatorError
 from coordinator.validation import REASONS
 
@@ -125,11 +125,8 @@ class CoordinatorMetrics:
         """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
         try:
             return self.endpoint.start(host, port)
-        except (OSError, RuntimeError) as error:
-            detail = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise CoordinatorError(
-                f"metrics endpoint: cannot listen on {host}:{port} ({detail})"
-            ) from error
+        except ListenError as error:
+            raise CoordinatorError(str(error)) from error
 
     def stop_http(self) -> None:
         """Stop serving and release the port (idempotent)."""

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.messages import AgentStatus
-from common.metrics_http import MetricsEndpoint
+from common.metrics_http import ListenError, MetricsEndpoint
 from edge_agent.errors import AgentError
 
 log = logging.getLogger("fedmq.agent.metrics")
@@ -94,11 +94,8 @@ class AgentMetrics:
         """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
         try:
             return self.endpoint.start(host, port)
-        except (OSError, RuntimeError) as error:
-            detail = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise AgentError(
-                f"metrics endpoint: cannot listen on {host}:{port} ({detail})"
-            ) from error
+        except ListenError as error:
+            raise AgentError(str(error)) from error
 
     def stop_http(self) -> None:
         """Stop serving and release the port (idempotent)."""

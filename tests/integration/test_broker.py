@@ -18,15 +18,7 @@ from common.topics import Topics
 from tests.integration.conftest import BrokerLike, Listener, credentials
 
 TOPICS = Topics("fedmq", "acl")
-EVERYTHING = (  # explicit filters: amqtt grants a filter only inside one allowed pattern
-    TOPICS.all_updates,
-    TOPICS.all_agent_statuses,
-    TOPICS.model,
-    TOPICS.control,
-    TOPICS.coordinator_status,
-    TOPICS.events,
-    TOPICS.command,
-)
+EVERYTHING = TOPICS.every_filter
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])

@@ -18,14 +18,7 @@ from common.topics import Topics
 from tests.integration.conftest import Listener, credentials, environment
 
 TOPICS = Topics("fedmq", "emb")
-EVERYTHING = (  # all a coordinator may read: test_broker.py's fedmq/acl/# topic by topic
-    TOPICS.all_updates,
-    TOPICS.all_agent_statuses,
-    TOPICS.model,
-    TOPICS.control,
-    TOPICS.coordinator_status,
-    TOPICS.events,
-)
+EVERYTHING = TOPICS.every_filter
 
 
 @pytest.fixture

@@ -41,14 +41,7 @@ from coordinator.strategies import GlobalModel
 from tests.integration.conftest import Listener, credentials
 
 TOPICS = Topics("fedmq", "sec")
-EVERYTHING = (
-    TOPICS.all_updates,
-    TOPICS.all_agent_statuses,
-    TOPICS.model,
-    TOPICS.control,
-    TOPICS.coordinator_status,
-    TOPICS.events,
-)
+EVERYTHING = TOPICS.every_filter
 
 
 class TlsBroker(DevBroker):
