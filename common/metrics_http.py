@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import ClassVar
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
 
 # The text format would repeat every counter and histogram as a "_created" gauge: noise here.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
@@ -55,3 +61,29 @@ class MetricsEndpoint:
         server.server_close()  # shutdown() alone keeps the socket bound
         if thread is not None:
             thread.join(STOP_SECONDS)
+
+
+class ServedMetrics:
+    """What the coordinator's and an agent's metrics share: a private registry, its text
+    rendering and its endpoint, whose failures become the package's own ``error``."""
+
+    error: ClassVar[type[Exception]] = RuntimeError
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.endpoint = MetricsEndpoint(registry)
+
+    def render(self) -> bytes:
+        """The text exposition format, as the endpoint serves it."""
+        return generate_latest(self.registry)
+
+    def start_http(self, host: str, port: int | None) -> int | None:
+        """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
+        try:
+            return self.endpoint.start(host, port)
+        except ListenError as error:
+            raise self.error(str(error)) from error
+
+    def stop_http(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        self.endpoint.stop()

@@ -17,10 +17,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
-from common.metrics_http import ListenError, MetricsEndpoint
+from common.metrics_http import ServedMetrics
 from coordinator.errors import CoordinatorError
 from coordinator.validation import REASONS
 
@@ -31,9 +30,11 @@ STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(ServedMetrics):
+    error = CoordinatorError
+
     def __init__(self, job: str, strategy: str) -> None:
-        self.registry = CollectorRegistry(target_info={"fedmq_job": job, "strategy": strategy})
+        super().__init__(CollectorRegistry(target_info={"fedmq_job": job, "strategy": strategy}))
         r = self.registry
         self.versions = Counter(
             "fedmq_versions_published",
@@ -81,7 +82,6 @@ class CoordinatorMetrics:
             "fedmq_last_accuracy", "test accuracy of the last evaluated version", registry=None
         )
         self._accuracy_registered = False
-        self.endpoint = MetricsEndpoint(self.registry)
 
     # --- what the service reports (one call each) ----------------------------------------
 
@@ -114,20 +114,3 @@ class CoordinatorMetrics:
 
     def agents_online(self, count: int) -> None:
         self.agents.set(count)
-
-    # --- exposition ----------------------------------------------------------------------
-
-    def render(self) -> bytes:
-        """The text exposition format, as the endpoint serves it."""
-        return generate_latest(self.registry)
-
-    def start_http(self, host: str, port: int | None) -> int | None:
-        """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
-        try:
-            return self.endpoint.start(host, port)
-        except ListenError as error:
-            raise CoordinatorError(str(error)) from error
-
-    def stop_http(self) -> None:
-        """Stop serving and release the port (idempotent)."""
-        self.endpoint.stop()

@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterator
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from common.messages import AgentStatus
-from common.metrics_http import ListenError, MetricsEndpoint
+from common.metrics_http import ServedMetrics
 from edge_agent.errors import AgentError
 
 log = logging.getLogger("fedmq.agent.metrics")
@@ -72,9 +71,11 @@ class StatusCollector(Collector):
             yield rails
 
 
-class AgentMetrics:
+class AgentMetrics(ServedMetrics):
+    error = AgentError
+
     def __init__(self, agent: str, job: str, status: Callable[[], AgentStatus]) -> None:
-        self.registry = CollectorRegistry(target_info={"fedmq_job": job, "agent": agent})
+        super().__init__(CollectorRegistry(target_info={"fedmq_job": job, "agent": agent}))
         self.training_seconds = Histogram(
             "fedmq_agent_training_seconds",
             "local training of one round (the simulated slowdown excluded)",
@@ -82,21 +83,6 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.registry.register(StatusCollector(status))
-        self.endpoint = MetricsEndpoint(self.registry)
 
     def trained(self, seconds: float) -> None:
         self.training_seconds.observe(seconds)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-    def start_http(self, host: str, port: int | None) -> int | None:
-        """Serve ``/metrics`` on ``host:port`` (0: a free port; None: off); the bound port."""
-        try:
-            return self.endpoint.start(host, port)
-        except ListenError as error:
-            raise AgentError(str(error)) from error
-
-    def stop_http(self) -> None:
-        """Stop serving and release the port (idempotent)."""
-        self.endpoint.stop()
