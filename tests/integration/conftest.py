@@ -20,6 +20,7 @@ import yaml
 
 from broker.dev import DevBroker, mosquitto_binary
 from broker.embedded import EmbeddedBroker
+from common.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,6 +111,23 @@ class Listener:
                 return True
             await asyncio.sleep(0.1)
         return bool(predicate())
+
+
+async def publish_updates(
+    broker: BrokerLike, topics: Topics, agent: str, payloads: list[bytes], count: int
+) -> list[dict[str, Any]]:
+    """Publish ``payloads`` as ``agent``; the coordinator's next ``count`` update events
+    (accepted or rejected), in order, as the monitor sees them."""
+    async with Listener(broker, "monitor", topics.events) as events:
+        async with aiomqtt.Client(**credentials(broker, agent)) as client:
+            for payload in payloads:
+                await client.publish(topics.update(agent), payload, qos=1)
+
+        def decided() -> list[dict[str, Any]]:
+            return [e for e in events.json("/events") if e["type"].startswith("update_")]
+
+        await events.wait_for(lambda: len(decided()) >= count, 30)
+        return decided()
 
 
 def start_coordinator(

@@ -20,7 +20,13 @@ from broker.dev import DevBroker
 from codec import decode_model, encode_update
 from common.messages import AgentState, AgentStatus
 from common.topics import Topics
-from tests.integration.conftest import Listener, credentials, start_coordinator, stop
+from tests.integration.conftest import (
+    Listener,
+    credentials,
+    publish_updates,
+    start_coordinator,
+    stop,
+)
 
 TOPICS = Topics("fedmq", "metricstest")
 BOUND = re.compile(r"metrics on http://[^ ]+:(\d+)/metrics")
@@ -88,16 +94,7 @@ async def current_model(broker: DevBroker) -> tuple[int, dict[str, Any]]:
 
 async def send(broker: DevBroker, agent: str, payloads: list[bytes]) -> list[dict[str, Any]]:
     """Publish updates as ``agent``; the coordinator's decisions on them, in order."""
-    async with Listener(broker, "monitor", TOPICS.events) as events:
-        async with aiomqtt.Client(**credentials(broker, agent)) as client:
-            for payload in payloads:
-                await client.publish(TOPICS.update(agent), payload, qos=1)
-
-        def decided() -> list[dict[str, Any]]:
-            return [e for e in events.json("/events") if e["type"].startswith("update_")]
-
-        await events.wait_for(lambda: len(decided()) >= len(payloads), 30)
-        return decided()
+    return await publish_updates(broker, TOPICS, agent, payloads, len(payloads))
 
 
 def test_metrics_move_when_updates_arrive(broker: DevBroker, coordinator: tuple[int, Path]):

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 
@@ -18,7 +17,12 @@ from broker.dev import DevBroker
 from codec import decode_model, encode_update
 from common.messages import CoordinatorStatus, parse
 from common.topics import Topics
-from tests.integration.conftest import Listener, credentials, start_coordinator, stop
+from tests.integration.conftest import (
+    Listener,
+    publish_updates,
+    start_coordinator,
+    stop,
+)
 
 TOPICS = Topics("fedmq", "itest")
 
@@ -61,16 +65,7 @@ async def send_and_watch(
     broker: DevBroker, agent: str, payloads: list[bytes], count: int
 ) -> list[dict[str, Any]]:
     """Publish as ``agent``; return the coordinator's next ``count`` update events."""
-    async with Listener(broker, "monitor", TOPICS.events) as events:
-        async with aiomqtt.Client(**credentials(broker, agent)) as client:
-            for payload in payloads:
-                await client.publish(TOPICS.update(agent), payload, qos=1)
-
-        def decided() -> list[dict[str, Any]]:
-            return [e for e in events.json("/events") if e["type"].startswith("update_")]
-
-        await events.wait_for(lambda: len(decided()) >= count, 30)
-        return decided()
+    return await publish_updates(broker, TOPICS, agent, payloads, count)
 
 
 def test_rejections_name_their_reason(broker: DevBroker, coordinator: None):
